@@ -1,0 +1,57 @@
+"""Seeds, devices, threads and logging: the process-level setup every stage shares."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import AladinError
+
+log = logging.getLogger("aladin")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise AladinError(f"device: unknown device {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AladinError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+def set_threads(n: int) -> None:
+    """Fix intra-op threads (0 = leave torch's default)."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Entry point wrapper for stages/*.py: user errors become one line on stderr and exit code 2."""
+    setup_logging()
+    try:
+        main()
+    except AladinError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
