@@ -7,34 +7,103 @@ is the image that caption j describes.
 - text->image: every caption is a query with exactly one correct image;
 - ranks are 1-based; ties count against the query (a wrong item with the same score as the
   correct one ranks ahead of it), so a constant scorer gets no credit;
-- R@K in percent, rsum = sum of the six recalls.
+- R@K in percent, rsum = sum of the six recalls;
+- medr = floor of the median rank (VSE++'s ``floor(median(0-based ranks)) + 1``), so it is
+  always a rank; meanr = mean rank.
+
+Retrieval through a top-k list (an index, a re-ranker) only knows the first k positions; see
+:func:`topk_ranks_t2i` for how ranks beyond k are filled in.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .errors import DataError
+
 KS = (1, 5, 10)
+# Query rows per chunk: bounds the (chunk, N) temporaries to a few hundred MB at COCO 5K.
+_CHUNK = 1024
+
+
+def _check(scores: torch.Tensor, caption_image: np.ndarray) -> torch.Tensor:
+    if scores.ndim != 2:
+        raise DataError(f"scores: expected an (N_img, N_cap) matrix, got shape {tuple(scores.shape)}")
+    n_img, n_cap = scores.shape
+    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
+    if cap_img.shape != (n_cap,):
+        raise DataError(f"caption_image: {tuple(cap_img.shape)} entries for {n_cap} captions")
+    if n_cap and (cap_img.min() < 0 or cap_img.max() >= n_img):
+        raise DataError(f"caption_image: image index out of range [0, {n_img})")
+    if not torch.isfinite(scores).all():
+        raise DataError("scores: contains NaN or infinite values")
+    return cap_img
 
 
 def ranks_i2t(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> np.ndarray:
     """1-based rank of the best-ranked correct caption for each image query. Shape (N_img,)."""
     s = torch.as_tensor(scores, dtype=torch.float32)
-    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
-    positive = cap_img[None, :] == torch.arange(s.shape[0])[:, None]           # (N_img, N_cap)
-    best_pos = s.masked_fill(~positive, float("-inf")).max(dim=1).values        # (N_img,)
-    # Rank = 1 + number of *negatives* scoring >= the best positive (ties count against us).
-    beaten = ((s >= best_pos[:, None]) & ~positive).sum(dim=1)
-    return (beaten + 1).numpy()
+    cap_img = _check(s, caption_image)
+    if s.shape[0] and torch.bincount(cap_img, minlength=s.shape[0]).min() == 0:
+        raise DataError("caption_image: some image has no caption, its i2t rank is undefined")
+    out = []
+    for start in range(0, s.shape[0], _CHUNK):
+        rows = s[start:start + _CHUNK]                                                  # (C, N_cap)
+        positive = cap_img[None, :] == torch.arange(start, start + rows.shape[0])[:, None]
+        best_pos = rows.masked_fill(~positive, float("-inf")).max(dim=1).values         # (C,)
+        # Rank = 1 + number of *negatives* scoring >= the best positive (ties count against us).
+        out.append(((rows >= best_pos[:, None]) & ~positive).sum(dim=1) + 1)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
 def ranks_t2i(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> np.ndarray:
     """1-based rank of the correct image for each caption query. Shape (N_cap,)."""
-    s = torch.as_tensor(scores, dtype=torch.float32).T                          # (N_cap, N_img)
-    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
-    pos = s.gather(1, cap_img[:, None])                                         # (N_cap, 1)
-    beaten = (s >= pos).sum(dim=1) - 1                                          # minus itself
-    return (beaten + 1).numpy()
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    cap_img = _check(s, caption_image)
+    s = s.T                                                                              # (N_cap, N_img)
+    out = []
+    for start in range(0, s.shape[0], _CHUNK):
+        rows = s[start:start + _CHUNK]
+        pos = rows.gather(1, cap_img[start:start + _CHUNK, None])                        # (C, 1)
+        out.append((rows >= pos).sum(dim=1))        # counts the correct image itself: rank is 1-based
+    return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
+
+
+def _first_hit(hit: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
+    """Rank from a (Q, k) hit mask: position of the first hit, else max(k + 1, fallback)."""
+    found = hit.any(axis=1)
+    first = hit.argmax(axis=1) + 1
+    beyond = np.maximum(np.asarray(fallback, dtype=np.int64), k + 1)
+    return np.where(found, first, beyond)
+
+
+def topk_ranks_t2i(topk_images: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Ranks of caption queries answered by a top-k list of image ids (Q, k), best first.
+
+    Convention for a correct image that is not in the list: its rank is
+    ``max(k + 1, fallback)``, where `fallback` is its rank under exhaustive scoring of the
+    same embeddings (for a re-ranker: the first stage's rank, i.e. the list continued in the
+    first stage's order). So R@K for K <= k is exactly what the top-k list delivers (an
+    approximate index's misses count as misses), and medr / meanr stay finite and honest.
+    Ids of -1 (faiss: fewer than k results) never match.
+    """
+    topk_images = np.asarray(topk_images)
+    hit = topk_images == np.asarray(caption_image)[:, None]
+    return _first_hit(hit, fallback, topk_images.shape[1])
+
+
+def topk_ranks_i2t(topk_captions: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Ranks of image queries answered by a top-k list of caption ids (Q, k): first correct caption.
+
+    Same convention for misses as :func:`topk_ranks_t2i`.
+    """
+    topk_captions = np.asarray(topk_captions)
+    cap_img = np.asarray(caption_image)
+    valid = topk_captions >= 0
+    hit = valid & (cap_img[np.where(valid, topk_captions, 0)] == np.arange(len(topk_captions))[:, None])
+    return _first_hit(hit, fallback, topk_captions.shape[1])
 
 
 def summarize(r_i2t: np.ndarray, r_t2i: np.ndarray) -> dict[str, float]:
@@ -43,7 +112,7 @@ def summarize(r_i2t: np.ndarray, r_t2i: np.ndarray) -> dict[str, float]:
     for name, r in (("i2t", r_i2t), ("t2i", r_t2i)):
         for k in KS:
             out[f"{name}_r{k}"] = float(100.0 * np.mean(r <= k))
-        out[f"{name}_medr"] = float(np.median(r))
+        out[f"{name}_medr"] = float(np.floor(np.median(r)))
         out[f"{name}_meanr"] = float(np.mean(r))
     out["rsum"] = float(sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in KS))
     return out
@@ -57,28 +126,55 @@ def retrieval_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarr
 def fold_slices(n_images: int, captions_per_image: int, fold_size: int = 1000) -> list[tuple[slice, slice]]:
     """(image slice, caption slice) of each COCO-style 1K fold (5 folds for the 5K test set)."""
     if n_images % fold_size:
-        raise ValueError(f"{n_images} images do not split into folds of {fold_size}")
+        raise DataError(f"{n_images} images do not split into folds of {fold_size}")
     return [(slice(f * fold_size, (f + 1) * fold_size),
              slice(f * fold_size * captions_per_image, (f + 1) * fold_size * captions_per_image))
             for f in range(n_images // fold_size)]
 
 
-def protocol_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray,
-                     fold_size: int = 1000) -> dict[str, dict[str, float]]:
-    """COCO protocols from one full score matrix: '1k' = mean over folds, '5k' = all at once.
-
-    The full-set key is named after its size ('5k' for 5,000 images). Captions must be ordered
-    image by image with a fixed number per image, as the feature store guarantees.
-    """
-    s = torch.as_tensor(scores, dtype=torch.float32)
+def captions_per_image(caption_image: np.ndarray, n_images: int) -> int:
+    """The fixed caption count per image; DataError unless captions are ordered image by image."""
     cap_img = np.asarray(caption_image)
-    n_img, n_cap = s.shape
-    per_image = n_cap // n_img
-    if per_image * n_img != n_cap or not np.array_equal(cap_img, np.repeat(np.arange(n_img), per_image)):
-        raise ValueError("protocol_metrics needs captions ordered image by image, same count per image")
-    out = {f"{n_img // 1000}k" if n_img % 1000 == 0 else f"n{n_img}": retrieval_metrics(s, cap_img)}
-    if n_img > fold_size and n_img % fold_size == 0:
-        folds = [retrieval_metrics(s[i, c], cap_img[c] - i.start)
-                 for i, c in fold_slices(n_img, per_image, fold_size)]
+    per_image = len(cap_img) // max(n_images, 1)
+    if per_image == 0 or not np.array_equal(cap_img, np.repeat(np.arange(n_images), per_image)):
+        raise DataError("caption_image: the 1K/5K protocol needs captions ordered image by image, "
+                        "the same number per image")
+    return per_image
+
+
+def full_key(n_images: int) -> str:
+    """Protocol name of the whole set: '5k' for 5,000 images, 'n<N>' when not a multiple of 1,000."""
+    return f"{n_images // 1000}k" if n_images % 1000 == 0 else f"n{n_images}"
+
+
+RankFn = Callable[[slice, slice], tuple[np.ndarray, np.ndarray]]
+
+
+def protocol_from_ranks(rank_fn: RankFn, n_images: int, per_image: int,
+                        fold_size: int = 1000) -> dict[str, dict[str, float]]:
+    """COCO protocols for any retrieval method: '1k' = mean over folds, '5k' = all at once.
+
+    ``rank_fn(image_slice, caption_slice) -> (ranks_i2t, ranks_t2i)`` retrieves within that
+    sub-collection only (a 1K fold is its own collection of 1,000 images). The full-set key is
+    named after its size ('5k' for 5,000 images, 'n<N>' when N is not a multiple of 1,000).
+    """
+    full = (slice(0, n_images), slice(0, n_images * per_image))
+    out = {full_key(n_images): summarize(*rank_fn(*full))}
+    if n_images > fold_size and n_images % fold_size == 0:
+        folds = [summarize(*rank_fn(i, c)) for i, c in fold_slices(n_images, per_image, fold_size)]
         out["1k"] = {k: float(np.mean([f[k] for f in folds])) for k in folds[0]}
     return out
+
+
+def protocol_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray,
+                     fold_size: int = 1000) -> dict[str, dict[str, float]]:
+    """COCO protocols from one full (N_img, N_cap) score matrix (see :func:`protocol_from_ranks`)."""
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    cap_img = np.asarray(caption_image)
+    per_image = captions_per_image(cap_img, s.shape[0])
+
+    def rank_fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
+        sub, sub_cap = s[i, c], cap_img[c] - i.start
+        return ranks_i2t(sub, sub_cap), ranks_t2i(sub, sub_cap)
+
+    return protocol_from_ranks(rank_fn, s.shape[0], per_image, fold_size)

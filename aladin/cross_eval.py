@@ -1,0 +1,228 @@
+"""Evaluating the cross-encoder: exhaustive scoring of a (sub)protocol, and re-ranking a shortlist.
+
+A cross-encoder needs one transformer pass per (image, caption) pair. The 5K protocol is 125M
+pairs and the 1K protocol 5M per fold: neither fits a CPU budget, so the exhaustive evaluation
+scores fold 0 of the 1K protocol (the first 1,000 images and their captions) for a fixed random
+subsample of queries, each against the WHOLE fold: text queries against all 1,000 images,
+image queries against all 5,000 captions. Every result names its protocol and query counts.
+The cheap, complete alternative is re-ranking: the cross-encoder re-orders the student's top-k
+for every query (k passes per query): :func:`pair_scorers` plug into
+aladin.evaluation.two_stage_rank_fn, :func:`rerank` serves a single query list.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import ConfigError, DataError
+from .io import atomic_path
+from .metrics import ranks_i2t, ranks_t2i, summarize
+from .models.cross_encoder import CrossEncoder
+from .models.factory import load_model
+from .store import FeatureStore
+
+log = logging.getLogger("aladin")
+Tokens = tuple[torch.Tensor, torch.Tensor]   # (N, T, d) projected tokens, (N, T) validity mask
+
+
+def _cat_padded(parts: list[Tokens]) -> Tokens:
+    """Concatenate chunks cropped to different lengths, zero-padding (mask False) to the longest."""
+    t = max(x.shape[1] for x, _ in parts)
+    return (torch.cat([F.pad(x, (0, 0, 0, t - x.shape[1])) for x, _ in parts]),
+            torch.cat([F.pad(m, (0, t - m.shape[1])) for _, m in parts]))
+
+
+@torch.no_grad()
+def embed_items(model: CrossEncoder, store: FeatureStore, index: np.ndarray, kind: Literal["image", "caption"],
+                device: torch.device | str, batch_size: int = 256) -> Tokens:
+    """Input tokens of store images / captions `index`: the only per-item work of a cross-encoder."""
+    index = np.asarray(index, dtype=np.int64)
+    parts = []
+    for s in range(0, len(index), batch_size):
+        chunk = index[s:s + batch_size]
+        if kind == "image":
+            parts.append(model.embed_images(store.image_batch(chunk).to(device)))
+        else:
+            parts.append(model.embed_texts(store.caption_batch(chunk).to(device)))
+    return _cat_padded(parts)
+
+
+@torch.no_grad()
+def score_rows(model: CrossEncoder, img: Tokens, txt: Tokens, image_rows: torch.Tensor, caption_rows: torch.Tensor,
+               batch_size: int = 2048, desc: str | None = None) -> torch.Tensor:
+    """Logits (P,) of pairs (img row image_rows[p], txt row caption_rows[p]), `batch_size` pairs a pass."""
+    out = []
+    starts = range(0, len(image_rows), batch_size)
+    for s in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
+        i, c = image_rows[s:s + batch_size], caption_rows[s:s + batch_size]
+        out.append(model.joint(img[0][i], img[1][i], txt[0][c], txt[1][c]).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def cross_scores(model: CrossEncoder, store: FeatureStore, image_idx: np.ndarray, caption_idx: np.ndarray,
+                 device: torch.device | str, batch_size: int = 2048) -> np.ndarray:
+    """(N_img, N_cap) cross-encoder logits of store images `image_idx` x captions `caption_idx`."""
+    model.eval()
+    img = embed_items(model, store, image_idx, "image", device)
+    txt = embed_items(model, store, caption_idx, "caption", device)
+    n_img, n_cap = len(image_idx), len(caption_idx)
+    rows = torch.arange(n_img * n_cap, device=img[0].device)
+    s = score_rows(model, img, txt, rows // n_cap, rows % n_cap, batch_size,
+                   desc=f"cross-encoder {n_img}x{n_cap} pairs")
+    return s.view(n_img, n_cap).numpy()
+
+
+def rerank(model: CrossEncoder, store: FeatureStore, query_idx: np.ndarray, candidates: np.ndarray,
+           device: torch.device | str, query: Literal["caption", "image"] = "caption",
+           batch_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Re-order each query's candidate list by cross-encoder score (best first).
+
+    query="caption": `query_idx` are store captions and `candidates` (Q, k) store images (text ->
+    image search); query="image": the reverse. Returns (reordered candidates (Q, k), their
+    logits (Q, k)); ties keep the incoming (student) order.
+    """
+    scores = candidate_scores(model, store, query_idx, candidates, device, query, batch_size)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def candidate_scores(model: CrossEncoder, store: FeatureStore, query_idx: np.ndarray, candidates: np.ndarray,
+                     device: torch.device | str, query: Literal["caption", "image"] = "caption",
+                     batch_size: int = 2048) -> np.ndarray:
+    """(Q, k) logits of each query with each of its candidates; -inf for empty slots (-1).
+
+    Each distinct item is projected once, then Q * k transformer passes.
+    """
+    model.eval()
+    query_idx, candidates = np.asarray(query_idx, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
+    empty = candidates < 0
+    items, cand_rows = np.unique(np.where(empty, candidates.max(initial=0), candidates), return_inverse=True)
+    q = embed_items(model, store, query_idx, query, device)
+    c = embed_items(model, store, items, "image" if query == "caption" else "caption", device)
+    dev = q[0].device
+    q_rows = torch.arange(len(query_idx), device=dev).repeat_interleave(candidates.shape[1])
+    c_rows = torch.as_tensor(cand_rows.reshape(-1), device=dev)
+    img, txt, i, t = (c, q, c_rows, q_rows) if query == "caption" else (q, c, q_rows, c_rows)
+    s = score_rows(model, img, txt, i, t, batch_size, desc=f"cross-encoder re-rank {candidates.size} pairs")
+    return np.where(empty, -np.inf, s.view(candidates.shape).numpy())
+
+
+def pair_scorers(model: CrossEncoder, store: FeatureStore, device: torch.device | str,
+                 batch_size: int = 2048) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...]:
+    """(score_t2i, score_i2t) in the form of aladin.evaluation.PairScorer, for two-stage rows.
+
+    ``score_t2i(caption_ids (Q,), image_ids (Q, k)) -> (Q, k)``; ``score_i2t`` the reverse.
+    """
+    def t2i(caps: np.ndarray, imgs: np.ndarray) -> np.ndarray:
+        return candidate_scores(model, store, caps, imgs, device, "caption", batch_size)
+
+    def i2t(imgs: np.ndarray, caps: np.ndarray) -> np.ndarray:
+        return candidate_scores(model, store, imgs, caps, device, "image", batch_size)
+    return t2i, i2t
+
+
+def _ranks_i2t_rows(scores: np.ndarray, caption_image: np.ndarray, query_images: np.ndarray) -> np.ndarray:
+    """metrics.ranks_i2t for a subset of image queries: row q of `scores` is image query_images[q]."""
+    positive = caption_image[None, :] == query_images[:, None]                   # (Q, N_cap)
+    best = np.where(positive, scores, -np.inf).max(axis=1)
+    return ((scores >= best[:, None]) & ~positive).sum(axis=1) + 1            # ties count against
+
+
+def subsample_queries(store: FeatureStore, n_images: int, text_queries: int, image_queries: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed random query subsample of fold 0 (the first `n_images` images and their captions).
+
+    Returns (caption queries, image queries), sorted store indices; 0 or more than available
+    means all. The same seed gives the same queries, so other models can be scored on them.
+    """
+    if n_images > store.n_images:
+        raise ConfigError(f"n_images: {n_images} exceeds the {store.n_images} images of {store.path}")
+    captions = np.flatnonzero(store.caption_image < n_images)
+    rng = np.random.default_rng(seed)
+
+    def pick(pool: np.ndarray, n: int) -> np.ndarray:
+        return pool if n <= 0 or n >= len(pool) else np.sort(rng.choice(pool, n, replace=False))
+
+    return pick(captions, text_queries), pick(np.arange(n_images), image_queries)
+
+
+def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int = 1000,
+                       text_queries: int = 100, image_queries: int = 20, seed: int = 0,
+                       batch_size: int = 2048) -> dict[str, float | str]:
+    """Retrieval metrics of exhaustive cross-encoder scoring on fold 0, for a query subsample.
+
+    Text queries are ranked against all `n_images` images, image queries against all their
+    captions, so each query's rank is exactly its rank under the 1K protocol (fold 0); only the
+    set of queries is sampled. Keys: the usual metrics plus protocol, query counts, pairs, time.
+    """
+    t0 = time.perf_counter()
+    cap_q, img_q = subsample_queries(store, n_images, text_queries, image_queries, seed)
+    gallery_img = np.arange(n_images)
+    gallery_cap = np.flatnonzero(store.caption_image < n_images)
+    cap_img = store.caption_image
+    full = len(cap_q) == len(gallery_cap) and len(img_q) == n_images
+    if full:                                                    # all queries: one matrix serves both
+        s = cross_scores(model, store, gallery_img, gallery_cap, device, batch_size)
+        r_t2i, r_i2t = ranks_t2i(s, cap_img[gallery_cap]), ranks_i2t(s, cap_img[gallery_cap])
+        pairs = s.size
+    else:
+        s_t2i = cross_scores(model, store, gallery_img, cap_q, device, batch_size)        # (n_images, Q_t)
+        s_i2t = cross_scores(model, store, img_q, gallery_cap, device, batch_size)        # (Q_i, n_cap)
+        r_t2i = ranks_t2i(s_t2i, cap_img[cap_q])
+        r_i2t = _ranks_i2t_rows(s_i2t, cap_img[gallery_cap], img_q)
+        pairs = s_t2i.size + s_i2t.size
+    out: dict[str, float | str] = dict(summarize(r_i2t, r_t2i))
+    out.update({
+        "protocol": f"fold0_{n_images}img" + ("" if full else "_query_subsample"),
+        "t2i_queries": float(len(cap_q)), "i2t_queries": float(len(img_q)),
+        "pairs_scored": float(pairs), "seconds": time.perf_counter() - t0,
+    })
+    log.info("cross-encoder exhaustive %s: %d text + %d image queries, %d pairs, rsum %.1f, %.1f s",
+             out["protocol"], len(cap_q), len(img_q), pairs, out["rsum"], out["seconds"])
+    return out
+
+
+def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, device: torch.device | str,
+                   batch_size: int = 2048) -> Callable[[int], np.ndarray]:
+    """``search(caption_id) -> (n_images,)`` logits: one text query against the first n_images images.
+
+    What a cross-encoder search costs per query, for the latency harness: image tokens are
+    projected once beforehand (the only per-item precomputation a cross-encoder allows); the
+    query's tokens come from the feature store (the text backbone's cost is the same for every
+    system and not included).
+    """
+    model.eval()
+    img = embed_items(model, store, np.arange(n_images), "image", device)
+    rows = torch.arange(n_images, device=img[0].device)
+
+    def search(caption_id: int) -> np.ndarray:
+        txt = embed_items(model, store, np.array([caption_id]), "caption", device)
+        return score_rows(model, img, txt, rows, torch.zeros_like(rows), batch_size).numpy()
+    return search
+
+
+def save_skipped(path: str | os.PathLike, reason: str) -> None:
+    """The `cross` stage's model output when it did not train: a marker that load_cross reads."""
+    with atomic_path(path) as tmp:
+        torch.save({"skipped": reason}, tmp)
+
+
+def load_cross(path: str | os.PathLike, device: torch.device | str = "cpu") -> CrossEncoder | None:
+    """The trained cross-encoder, or None when the `cross` stage was skipped (cross.enabled false)."""
+    try:
+        marker = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: model checkpoint not found (run the cross stage)") from None
+    except Exception:   # not our marker: let load_model report what is wrong with it
+        marker = None
+    if isinstance(marker, dict) and "skipped" in marker:
+        log.info("%s: cross-encoder not trained (%s)", path, marker["skipped"])
+        return None
+    return load_model(path, device, kind="cross")

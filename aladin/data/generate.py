@@ -1,0 +1,142 @@
+"""Build the embedded scenes dataset: sample, caption, render, verify, and score the baselines.
+
+Each split draws from its own random stream (seeded by the shared seed and the split name), so
+the test set does not change when n_train does. Rendering is a pure function of the scene.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import require
+from ..metrics import KS, protocol_metrics
+from .baselines import bow_scores, colour_scores
+from .captions import captions_for
+from .manifest import SPLITS, ImageRecord
+from .parser import is_true
+from .render import render
+from .scenes import Scene, sample_split
+
+log = logging.getLogger("aladin")
+COCO_TEST_IMAGES = 5000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["scenes"] = "scenes"
+    n_train: int = 5000
+    n_val: int = 1000
+    n_test: int = 5000          # the COCO 5K and 1K (5 folds) protocols need exactly 5000
+    image_size: int = 128
+    captions_per_image: int = 5
+    family_size: int = 4        # scenes per family (same attribute words, different bindings)
+    workers: int = 0            # rendering processes; 0 = one per CPU core (output is identical)
+
+    def validate(self) -> None:
+        for split in SPLITS:
+            require(getattr(self, f"n_{split}") > 0, f"n_{split}", "must be > 0")
+        require(64 <= self.image_size <= 1024, "image_size", "must be in [64, 1024] (objects must stay legible)")
+        require(1 <= self.captions_per_image <= 10, "captions_per_image", "must be in [1, 10]")
+        require(1 <= self.family_size <= 8, "family_size", "must be in [1, 8]")
+        require(self.workers >= 0, "workers", "must be >= 0 (0 = one per CPU core)")
+
+
+def _render_to(job: tuple[Scene, int, Path]) -> None:
+    scene, image_size, file = job
+    # PNG level 1: these flat images compress well anyway, and level 6 doubles the encoding time.
+    render(scene, image_size).save(file, format="PNG", compress_level=1)
+
+
+def generate(out_dir: Path, cfg: DataConfig, seed: int) -> tuple[list[ImageRecord], list[dict[str, Any]]]:
+    """Write images/<split>/<index>.png under out_dir; return manifest entries and scene records."""
+    if cfg.n_test != COCO_TEST_IMAGES:
+        log.warning("data.n_test=%d: the COCO 5K / 1K protocols need %d test images", cfg.n_test, COCO_TEST_IMAGES)
+    images, records, jobs = [], [], []
+    for split in SPLITS:
+        # Scenes and captions come from one sequential stream per split; rendering needs no randomness.
+        rng = random.Random(f"scenes/{seed}/{split}")
+        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+        for k, scene in enumerate(sample_split(rng, split, getattr(cfg, f"n_{split}"), cfg.family_size)):
+            image_id, file = f"{split}-{k:06d}", out_dir / "images" / split / f"{k:06d}.png"
+            images.append(ImageRecord(image_id, file, split, captions_for(scene, rng, cfg.captions_per_image)))
+            records.append(scene.record(image_id, cfg.image_size))
+            jobs.append((scene, cfg.image_size, file))
+    workers = cfg.workers or os.cpu_count() or 1
+    # fork: workers only draw with PIL; nothing of the parent's state needs re-importing.
+    with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        done = pool.imap_unordered(_render_to, jobs, chunksize=64) if pool else map(_render_to, jobs)
+        for _ in tqdm(done, total=len(jobs), desc="data: render", unit="img", mininterval=2):
+            pass
+    return images, records
+
+
+def write_scenes(path: Path, records: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def verify_captions(images: list[ImageRecord], records: list[dict[str, Any]]) -> int:
+    """Parse every caption back and check it against its scene; a false one is a generator bug."""
+    n = 0
+    for im, rec in zip(images, records):
+        for c in im.captions:
+            if not is_true(c, rec):
+                raise RuntimeError(f"caption not true of its scene {im.id}: {c!r}")
+            n += 1
+    return n
+
+
+def chance_metrics(n_images: int, captions_per_image: int) -> dict[str, float]:
+    """Expected recalls of a random ranking (i2t: any of the image's captions in the top K)."""
+    n_caps = n_images * captions_per_image
+    out = {}
+    for k in KS:
+        miss = math.comb(n_caps - captions_per_image, k) / math.comb(n_caps, k)
+        out[f"i2t_r{k}"] = 100.0 * (1.0 - miss)
+        out[f"t2i_r{k}"] = 100.0 * min(1.0, k / n_images)
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in KS)
+    return out
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return round(x, 3) if isinstance(x, float) else x
+
+
+def dataset_metrics(images: list[ImageRecord], records: list[dict[str, Any]], captions_per_image: int) -> dict[str, Any]:
+    """Counts, caption statistics, and the non-learned baselines on the test split."""
+    captions = [c for im in images for c in im.captions]
+    test = [(im, r) for im, r in zip(images, records) if im.split == "test"]
+    test_caps = [c for im, _ in test for c in im.captions]
+    cap_img = np.repeat(np.arange(len(test)), captions_per_image)
+    log.info("baselines on %d test images / %d captions", len(test), len(test_caps))
+    baselines = {
+        "bow_tfidf": protocol_metrics(bow_scores([r for _, r in test], test_caps), cap_img),
+        "colour_histogram": protocol_metrics(colour_scores([im.file for im, _ in test], test_caps), cap_img),
+    }
+    # Same protocol keys ("5k", "1k"); a 1K fold has 1000 images.
+    baselines["chance"] = {key: chance_metrics(1000 if key == "1k" else len(test), captions_per_image)
+                           for key in baselines["bow_tfidf"]}
+    return _rounded({
+        "images": {s: sum(im.split == s for im in images) for s in SPLITS},
+        "families": {s: len({r["family"] for im, r in zip(images, records) if im.split == s}) for s in SPLITS},
+        "objects_per_image": float(np.mean([len(r["objects"]) for r in records])),
+        "caption_words": float(np.mean([len(c.split()) for c in captions])),
+        "vocabulary": len({w for c in captions for w in re.findall(r"[a-z'-]+", c.lower())}),
+        "captions_verified": verify_captions(images, records),
+        "baselines": baselines,
+    })

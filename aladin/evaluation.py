@@ -1,0 +1,135 @@
+"""Evaluation rows: exhaustive scores, retrieval through a faiss index, two-stage re-ranking.
+
+Every row is reported under the COCO protocols of :func:`aladin.metrics.protocol_from_ranks`:
+'5k' (the whole test set) and '1k' (mean of 5 folds; a fold is its own 1,000-image collection,
+so index rows build the index over the fold's items with the same params).
+
+Ranks through a top-k list follow :func:`aladin.metrics.topk_ranks_t2i`: within the list, its
+order; beyond it, ``max(k + 1, exhaustive rank)``, where the exhaustive rank comes from the
+same student embeddings (for two-stage: the student's order continues after the re-ranked k).
+R@K for K <= k is exactly what the list delivers; medr / meanr use the fallback past k.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import faiss
+import numpy as np
+
+from .index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
+from .metrics import (RankFn, captions_per_image, protocol_from_ranks, ranks_i2t, ranks_t2i,
+                      topk_ranks_i2t, topk_ranks_t2i)
+
+# scorer(query_ids (Q,), candidate_ids (Q, k)) -> (Q, k) scores; ids are global test-set rows,
+# -1 marks an empty candidate slot (score it anything: it is dropped).
+PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def exhaustive_rank_fn(scores: np.ndarray, caption_image: np.ndarray) -> RankFn:
+    """Ranks from a full (N_img, N_cap) score matrix, restricted to each (sub)collection."""
+    def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
+        sub, cap = scores[i, c], caption_image[c] - i.start
+        return ranks_i2t(sub, cap), ranks_t2i(sub, cap)
+    return fn
+
+
+def protocol(rank_fn: RankFn, caption_image: np.ndarray) -> dict[str, dict[str, float]]:
+    """'5k' and '1k' metrics of a retrieval method over the test set described by `caption_image`."""
+    n_images = int(np.max(caption_image)) + 1
+    return protocol_from_ranks(rank_fn, n_images, captions_per_image(caption_image, n_images))
+
+
+def exhaustive_metrics(scores: np.ndarray, caption_image: np.ndarray) -> dict[str, dict[str, float]]:
+    return protocol(exhaustive_rank_fn(scores, caption_image), caption_image)
+
+
+class IndexedRetrieval:
+    """Student retrieval through faiss over any (sub)collection of the test set.
+
+    ``topk(i, c, k)`` -> (images for each caption (N_c, k), captions for each image (N_i, k)),
+    global ids. The full set uses the prebuilt indexes when given (the index stage's own files).
+    """
+
+    def __init__(self, image_emb: np.ndarray, caption_emb: np.ndarray, cfg: IndexConfig, seed: int,
+                 full: tuple[faiss.Index, faiss.Index] | None = None) -> None:
+        self.image_emb, self.caption_emb, self.cfg, self.seed = image_emb, caption_emb, cfg, seed
+        # Indexes per (sub)collection, built once and searched at every depth.
+        self._indexes: dict[tuple[int, int, int, int], tuple[faiss.Index, faiss.Index]] = {}
+        if full is not None:
+            self._indexes[(0, len(image_emb), 0, len(caption_emb))] = full
+
+    def topk(self, i: slice, c: slice, k: int) -> tuple[np.ndarray, np.ndarray]:
+        img, cap = self.image_emb[i], self.caption_emb[c]
+        key = (i.start, i.stop, c.start, c.stop)
+        if key not in self._indexes:
+            self._indexes[key] = (build_index(img, self.cfg, self.seed), build_index(cap, self.cfg, self.seed))
+        img_index, cap_index = self._indexes[key]
+        top_img = search(img_index, cap, k)[1]
+        top_cap = search(cap_index, img, k)[1]
+        return (np.where(top_img >= 0, top_img + i.start, -1), np.where(top_cap >= 0, top_cap + c.start, -1))
+
+
+def _fallback(image_emb: np.ndarray, caption_emb: np.ndarray, caption_image: np.ndarray,
+              i: slice, c: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exhaustive student ranks in the sub-collection, and its local caption->image map."""
+    cap = caption_image[c] - i.start
+    s = image_emb[i] @ caption_emb[c].T
+    return ranks_i2t(s, cap), ranks_t2i(s, cap), cap
+
+
+def index_rank_fn(retrieval: IndexedRetrieval, caption_image: np.ndarray, k: int) -> RankFn:
+    """Ranks of the student searched through its faiss index (top-k lists, exhaustive past k)."""
+    def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
+        fb_i2t, fb_t2i, cap = _fallback(retrieval.image_emb, retrieval.caption_emb, caption_image, i, c)
+        top_img, top_cap = retrieval.topk(i, c, k)
+        local_img = np.where(top_img >= 0, top_img - i.start, -1)
+        local_cap = np.where(top_cap >= 0, top_cap - c.start, -1)
+        return topk_ranks_i2t(local_cap, cap, fb_i2t), topk_ranks_t2i(local_img, cap, fb_t2i)
+    return fn
+
+
+def _rerank(top: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Candidates (Q, k) re-ordered by `scores` (Q, k), best first; empty slots (-1) stay last."""
+    scores = np.where(top >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def two_stage_rank_fn(retrieval: IndexedRetrieval, caption_image: np.ndarray, k: int,
+                      score_t2i: PairScorer, score_i2t: PairScorer) -> RankFn:
+    """Student top-k from the index, re-ordered by a pair scorer (the teacher, a cross-encoder).
+
+    ``score_t2i(caption_ids, image_ids (Q,k))`` and ``score_i2t(image_ids, caption_ids (Q,k))``
+    score the candidates; past k the student's exhaustive order continues.
+    """
+    def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
+        fb_i2t, fb_t2i, cap = _fallback(retrieval.image_emb, retrieval.caption_emb, caption_image, i, c)
+        top_img, top_cap = retrieval.topk(i, c, k)
+        q_cap, q_img = np.arange(c.start, c.stop), np.arange(i.start, i.stop)
+        top_img = _rerank(top_img, score_t2i(q_cap, top_img))
+        top_cap = _rerank(top_cap, score_i2t(q_img, top_cap))
+        local_img = np.where(top_img >= 0, top_img - i.start, -1)
+        local_cap = np.where(top_cap >= 0, top_cap - c.start, -1)
+        return topk_ranks_i2t(local_cap, cap, fb_i2t), topk_ranks_t2i(local_img, cap, fb_t2i)
+    return fn
+
+
+def matrix_scorers(scores: np.ndarray) -> tuple[PairScorer, PairScorer]:
+    """Pair scorers that read a precomputed (N_img, N_cap) matrix (the teacher's exhaustive scores:
+    re-ranking with it gives exactly the scores a per-query teacher pass would)."""
+    def t2i(caps: np.ndarray, imgs: np.ndarray) -> np.ndarray:
+        return scores[np.maximum(imgs, 0), caps[:, None]]
+
+    def i2t(imgs: np.ndarray, caps: np.ndarray) -> np.ndarray:
+        return scores[imgs[:, None], np.maximum(caps, 0)]
+    return t2i, i2t
+
+
+def index_recall(retrieval: IndexedRetrieval, k: int = 10) -> dict[str, float]:
+    """Recall of the exact (flat) top-k by the configured index on the full set, both directions."""
+    n_img, n_cap = len(retrieval.image_emb), len(retrieval.caption_emb)
+    top_img, top_cap = retrieval.topk(slice(0, n_img), slice(0, n_cap), k)
+    exact_img = exact_topk(retrieval.image_emb, retrieval.caption_emb, k)
+    exact_cap = exact_topk(retrieval.caption_emb, retrieval.image_emb, k)
+    return {f"t2i_recall{k}_vs_flat": recall_vs_exact(top_img, exact_img),
+            f"i2t_recall{k}_vs_flat": recall_vs_exact(top_cap, exact_cap)}

@@ -1,0 +1,215 @@
+"""faiss indexes over student embeddings: build, search, save with a manifest, load and verify.
+
+All indexes use inner product: student embeddings are L2-normalised, so it is the cosine score
+the student was trained with. Kinds (the knobs in brackets):
+
+- ``flat``      exact search, the reference;
+- ``hnsw``      graph search [hnsw_m, ef_construction, ef_search];
+- ``ivf_flat``  inverted lists of raw vectors [nlist, nprobe];
+- ``ivf_pq``    inverted lists of product-quantised codes [nlist, nprobe, pq_m bytes x pq_nbits].
+
+An index directory (``index/``) holds, per side (``images`` = searched by text queries,
+``captions`` = searched by image queries), ``<side>.faiss`` and the embeddings it was built
+from (``image_emb.npy`` / ``caption_emb.npy``), plus ``manifest.json`` with their sha256, the
+checkpoint's sha256 and the params. :func:`load_index_dir` refuses any file that does not match.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from .config import from_dict, require
+from .errors import ConfigError, DataError
+from .io import atomic_path, read_json
+
+FORMAT_VERSION = 1
+Kind = Literal["flat", "hnsw", "ivf_flat", "ivf_pq"]
+KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+SIDES = {"images": "image_emb.npy", "captions": "caption_emb.npy"}
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: Kind = "hnsw"
+    hnsw_m: int = 32             # graph degree: memory and recall up, build time up
+    ef_construction: int = 80
+    ef_search: int = 128         # search-time beam width: recall up, latency up
+    nlist: int = 64              # IVF cells (needs at least that many vectors)
+    nprobe: int = 8              # IVF cells visited per query
+    pq_m: int = 32               # PQ sub-vectors (= code bytes at 8 bits); must divide the dim
+    pq_nbits: int = 8
+    threads: int = 1             # faiss threads while building; 1 keeps HNSW graphs reproducible
+
+    def validate(self) -> None:
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "threads"):
+            require(getattr(self, name) > 0, name, "must be > 0")
+        require(self.nprobe <= self.nlist, "nprobe", f"must be <= nlist={self.nlist}")
+        require(1 <= self.pq_nbits <= 16, "pq_nbits", "must be in [1, 16]")
+
+
+def build_index(emb: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index:
+    """An index of kind `cfg.kind` holding `emb` (N, D) float32; ids are row numbers."""
+    emb = _as_f32(emb)
+    n, d = emb.shape
+    if cfg.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.ef_construction
+    elif cfg.kind in ("ivf_flat", "ivf_pq"):
+        if n < cfg.nlist:
+            raise ConfigError(f"index.nlist: {cfg.nlist} cells need at least as many vectors, got {n}")
+        quantizer = faiss.IndexFlatIP(d)
+        if cfg.kind == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, d, cfg.nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if d % cfg.pq_m:
+                raise ConfigError(f"index.pq_m: {cfg.pq_m} must divide the embedding size {d}")
+            if n < 2 ** cfg.pq_nbits:
+                raise ConfigError(f"index.pq_nbits: {2 ** cfg.pq_nbits} codewords need at least as "
+                                  f"many vectors, got {n}")
+            index = faiss.IndexIVFPQ(quantizer, d, cfg.nlist, cfg.pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+            index.pq.cp.seed = seed
+            index.pq.cp.min_points_per_centroid = 1     # small collections: train, don't warn
+        index.cp.seed = seed
+        index.cp.min_points_per_centroid = 1
+        index.train(emb)
+    else:
+        raise ConfigError(f"index.kind: unknown kind {cfg.kind!r}; known: {', '.join(KINDS)}")
+    index.add(emb)
+    configure(index, cfg)
+    return index
+
+
+def configure(index: faiss.Index, cfg: IndexConfig) -> None:
+    """Apply the search-time knobs (ef_search / nprobe); they need no rebuild."""
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = cfg.ef_search
+    elif isinstance(index, faiss.IndexIVF):
+        index.nprobe = cfg.nprobe
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`k` (scores, ids), each (Q, k), best first; ids are -1 past the collection's end."""
+    return index.search(_as_f32(queries), k)
+
+
+def exact_topk(collection: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids (Q, k) of the exact inner-product top-k: the reference approximate indexes are judged by."""
+    return search(build_index(collection, IndexConfig(kind="flat")), queries, k)[1]
+
+
+def recall_vs_exact(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean fraction of each query's exact top-k found in its approximate top-k (k = row width)."""
+    k = exact_ids.shape[1]
+    hits = [len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx_ids[:, :k], exact_ids)]
+    return float(np.mean(hits) / k) if hits else 0.0
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise DataError(f"embeddings: expected a (N, D) matrix, got shape {x.shape}")
+    return x
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class IndexDir:
+    """A loaded, verified index directory."""
+
+    images: faiss.Index          # image embeddings: answers text queries
+    captions: faiss.Index        # caption embeddings: answers image queries
+    image_emb: np.ndarray        # (N_img, D) float32
+    caption_emb: np.ndarray      # (N_cap, D) float32
+    cfg: IndexConfig
+    manifest: dict[str, Any]
+
+
+def save_index_dir(path: str | os.PathLike, image_emb: np.ndarray, caption_emb: np.ndarray,
+                   cfg: IndexConfig, seed: int, provenance: dict[str, Any]) -> None:
+    """Build both indexes and write them, their embeddings and the manifest atomically.
+
+    `provenance` names what the embeddings came from, e.g.
+    ``{"model": {"path": ..., "sha256": ...}, "features": {...}}``; it is stored verbatim.
+    """
+    embs = {"images": _as_f32(image_emb), "captions": _as_f32(caption_emb)}
+    with atomic_path(path, is_dir=True) as tmp:
+        sides = {}
+        for side, emb_file in SIDES.items():
+            emb = embs[side]
+            np.save(tmp / emb_file, emb)
+            faiss.write_index(build_index(emb, cfg, seed), str(tmp / f"{side}.faiss"))
+            sides[side] = {"index": f"{side}.faiss", "index_sha256": sha256_file(tmp / f"{side}.faiss"),
+                           "embeddings": emb_file, "embeddings_sha256": sha256_file(tmp / emb_file),
+                           "n": int(emb.shape[0]), "dim": int(emb.shape[1])}
+        manifest = {"format_version": FORMAT_VERSION, "params": dataclasses.asdict(cfg), "seed": seed,
+                    **provenance, **sides}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def load_index_dir(path: str | os.PathLike, model_path: str | os.PathLike | None = None,
+                   cfg: IndexConfig | None = None) -> IndexDir:
+    """Load and verify an index directory.
+
+    Every file must match the sha256 in the manifest; when given, `model_path` must be the
+    checkpoint the embeddings came from and `cfg` the params the indexes were built with
+    (search-time knobs ef_search / nprobe may differ: they are applied). Otherwise DataError.
+    """
+    path = Path(path)
+    manifest = read_json(path / "manifest.json")
+    where = path / "manifest.json"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{where}: unsupported format_version {manifest.get('format_version')!r}")
+    try:
+        built = from_dict(IndexConfig, manifest.get("params", {}), f"{where}: params")
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    if cfg is not None:
+        search_knobs = {"ef_search", "nprobe"}
+        diff = [f"{k}: built {v!r}, params {getattr(cfg, k)!r}"
+                for k, v in dataclasses.asdict(built).items() if k not in search_knobs and getattr(cfg, k) != v]
+        if diff:
+            raise DataError(f"{where}: index built with other params ({'; '.join(diff)}); rerun the index stage")
+    if model_path is not None:
+        got = sha256_file(model_path) if Path(model_path).is_file() else "missing"
+        want = manifest.get("model", {}).get("sha256")
+        if got != want:
+            raise DataError(f"{where}: built from a checkpoint with sha256 {str(want)[:12]}, but {model_path} "
+                            f"has {got[:12]}; rerun the index stage")
+    loaded = {}
+    for side in SIDES:
+        info = manifest.get(side)
+        if not isinstance(info, dict):
+            raise DataError(f"{where}: missing the '{side}' entry")
+        for key in ("embeddings", "index"):
+            f = path / info[key]
+            if not f.is_file():
+                raise DataError(f"{f}: missing (listed in {where})")
+            if sha256_file(f) != info[f"{key}_sha256"]:
+                raise DataError(f"{f}: sha256 does not match {where}; the index directory is stale or "
+                                "mixed with another run; rerun the index stage")
+        emb = np.load(path / info["embeddings"])
+        index = faiss.read_index(str(path / info["index"]))
+        if index.ntotal != emb.shape[0] or index.d != emb.shape[1]:
+            raise DataError(f"{path / info['index']}: holds {index.ntotal} x {index.d}, embeddings are "
+                            f"{emb.shape[0]} x {emb.shape[1]}")
+        configure(index, cfg or built)
+        loaded[side] = (index, emb)
+    return IndexDir(images=loaded["images"][0], captions=loaded["captions"][0], image_emb=loaded["images"][1],
+                    caption_emb=loaded["captions"][1], cfg=cfg or built, manifest=manifest)

@@ -1,0 +1,85 @@
+"""The alignment head (teacher): images and captions encoded separately into token sequences,
+scored by the region x word cosine matrix (TERAN / ALADIN).
+
+Image side: region vector (D_img) and box geometry (6) -> width d -> transformer encoder.
+Text side: contextual word-piece vectors (D_txt) -> width d -> transformer encoder.
+Every output token is L2-normalised, so region x word dot products are cosines.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..config import require
+from ..scoring import alignment_scores
+from ..store import Batch
+
+
+@dataclass
+class AlignmentConfig:
+    d: int = 128               # width of the shared region / word space
+    layers: int = 1            # transformer encoder layers per modality
+    heads: int = 4
+    ff: int = 512              # feed-forward width
+    dropout: float = 0.1
+    pooling: Literal["mrsw", "mravgw", "lse"] = "mrsw"
+    temperature: float = 0.1   # of the soft max over regions (pooling: lse)
+
+    def validate(self) -> None:
+        require(self.d >= 1 and self.d % self.heads == 0, "d", f"must be a positive multiple of heads ({self.heads})")
+        require(self.layers >= 0, "layers", "must be >= 0")
+        require(self.heads >= 1, "heads", "must be >= 1")
+        require(self.ff >= 1, "ff", "must be >= 1")
+        require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        require(self.temperature > 0, "temperature", "must be > 0")
+
+
+class Encoder(nn.Module):
+    """Linear projection to width d, then pre-norm transformer layers over the valid tokens."""
+
+    def __init__(self, d_in: int, cfg: AlignmentConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, cfg.d)
+        layer = nn.TransformerEncoderLayer(cfg.d, cfg.heads, cfg.ff, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        # No nested-tensor fast path: outputs must not depend on how much padding a batch has.
+        self.layers = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False) if cfg.layers else None
+        self.norm = nn.LayerNorm(cfg.d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)                                           # (B, T, d)
+        if self.layers is not None:
+            h = self.layers(h, src_key_padding_mask=~mask)
+        return F.normalize(self.norm(h), dim=-1)
+
+
+class AlignmentModel(nn.Module):
+    Config = AlignmentConfig
+
+    def __init__(self, cfg: AlignmentConfig, d_img: int, d_txt: int) -> None:
+        super().__init__()
+        self.cfg, self.d_img, self.d_txt = cfg, d_img, d_txt
+        self.image_encoder = Encoder(d_img + 6, cfg)
+        self.text_encoder = Encoder(d_txt, cfg)
+
+    def embed_images(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R, d) unit region vectors and the (B, R) valid-region mask."""
+        x = torch.cat([batch.regions, batch.boxes], dim=-1)      # (B, R, D_img + 6)
+        return self.image_encoder(x, batch.region_mask), batch.region_mask
+
+    def embed_texts(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) unit word vectors and the (B, L) valid-word mask."""
+        return self.text_encoder(batch.tokens, batch.token_mask), batch.token_mask
+
+    def score(self, img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor,
+              cap_mask: torch.Tensor) -> torch.Tensor:
+        """(N_img, N_cap) alignment scores of embedded images x embedded captions."""
+        return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """In-batch (B, B) score matrix of a pair batch: images as rows, captions as columns."""
+        return self.score(*self.embed_images(batch), *self.embed_texts(batch))

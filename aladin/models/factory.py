@@ -1,0 +1,80 @@
+"""Build, save and load models by kind (open_clip-style registry).
+
+Each model class has a ``Config`` dataclass and is constructed as ``cls(cfg, d_img, d_txt)``.
+A checkpoint stores the kind, the config, the input widths and the weights, so
+:func:`load_model` needs nothing but the file. To add a kind, add one line to ``MODELS``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import from_dict
+from ..errors import ConfigError, DataError
+from ..io import atomic_path
+
+# kind -> "module:Class"; imported lazily so a stage only pays for the models it uses.
+MODELS: dict[str, str] = {
+    "alignment": "aladin.models.alignment:AlignmentModel",
+    "matching": "aladin.models.matching:MatchingHead",
+    "cross": "aladin.models.cross_encoder:CrossEncoder",
+}
+
+
+def model_class(kind: str) -> type[nn.Module]:
+    if kind not in MODELS:
+        raise ConfigError(f"model kind {kind!r} unknown; known: {', '.join(sorted(MODELS))}")
+    module, name = MODELS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(kind: str, cfg: Any, d_img: int, d_txt: int) -> nn.Module:
+    """A fresh model of `kind`; `cfg` is its Config dataclass or a dict of the same fields."""
+    cls = model_class(kind)
+    if isinstance(cfg, dict):
+        cfg = from_dict(cls.Config, cfg, kind)
+    return cls(cfg, d_img, d_txt)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, kind: str, cfg: Any,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Atomically write kind + config + input widths + weights (+ `extra`, e.g. metrics)."""
+    cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    ckpt = {"kind": kind, "config": cfg_dict, "d_img": model.d_img, "d_txt": model.d_txt,
+            "state_dict": model.state_dict(), "extra": extra or {}}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt / foreign files
+        raise DataError(f"{path}: not a readable model checkpoint ({e})") from e
+    missing = {"kind", "config", "d_img", "d_txt", "state_dict"} - set(ckpt if isinstance(ckpt, dict) else ())
+    if missing:
+        raise DataError(f"{path}: not a model checkpoint (missing {', '.join(sorted(missing))})")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
+               kind: str | None = None) -> nn.Module:
+    """The model saved at `path`, on `device`, in eval mode. `kind` (optional) is checked."""
+    ckpt = read_checkpoint(path)
+    if kind is not None and ckpt["kind"] != kind:
+        raise DataError(f"{path}: checkpoint holds a {ckpt['kind']!r} model, expected {kind!r}")
+    try:
+        model = build_model(ckpt["kind"], ckpt["config"], ckpt["d_img"], ckpt["d_txt"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (ConfigError, RuntimeError) as e:
+        raise DataError(f"{path}: checkpoint does not match its model ({e})") from e
+    return model.to(device).eval()

@@ -1,0 +1,178 @@
+"""The search system: raw query -> backbone -> student embedding -> faiss (-> teacher re-rank).
+
+Everything is loaded once; a query then costs one backbone forward pass, one small student
+pass and one index search. Re-ranking reuses the query's backbone features (the same Batch
+feeds the student and the teacher), so the backbone is never paid twice; the collection side
+of the teacher is precomputed for images and computed for the k candidate captions only.
+
+    r = Retriever()                                   # features/test, models/, index/
+    r.search_text("a red cube left of a blue ball", k=10, rerank=True)
+    r.search_image(PIL.Image.open(path), k=5)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import DataError
+from .features import image_batch, load_text_backbone, load_vision_backbone, text_batch
+from .index import IndexConfig, load_index_dir, search
+from .models.factory import load_model
+from .store import Batch, open_split
+
+
+@dataclass
+class Hit:
+    rank: int                    # 1-based
+    index: int                   # row in the collection (image or caption index of the store)
+    id: str                      # image id (for a caption: the id of the image it describes)
+    score: float                 # student cosine, or teacher alignment score after re-ranking
+    text: str | None = None      # caption text (image queries)
+    file: str | None = None      # image file (text queries)
+
+
+class Retriever:
+    """Backbones + student + faiss indexes (+ teacher for re-ranking) over one feature-store split."""
+
+    def __init__(self, features_dir: str | Path = "features", split: str = "test",
+                 student: str | Path = "models/student.pt", index_dir: str | Path = "index",
+                 teacher: str | Path | None = "models/teacher.pt", device: str | torch.device = "cpu",
+                 index_cfg: IndexConfig | None = None, rerank_k: int = 20) -> None:
+        self.device = torch.device(device)
+        self.store = open_split(features_dir, split)
+        p = self.store.manifest.get("params", {})
+        try:
+            self.text_backbone = load_text_backbone(p["text_backbone"], p["max_tokens"], self.device)
+            self.vision_backbone = load_vision_backbone(p["vision_backbone"], p["image_size"], self.device)
+        except KeyError as e:
+            raise DataError(f"{self.store.path}/manifest.json: params lack {e}, cannot rebuild the backbones")
+        self.student = load_model(student, self.device, kind="matching")
+        self.index = load_index_dir(index_dir, model_path=student, cfg=index_cfg)
+        if (self.index.images.ntotal, self.index.captions.ntotal) != (self.store.n_images, self.store.n_captions):
+            raise DataError(f"{index_dir}: indexes hold {self.index.images.ntotal} images / "
+                            f"{self.index.captions.ntotal} captions, {self.store.path} has "
+                            f"{self.store.n_images} / {self.store.n_captions}")
+        self.rerank_k = rerank_k
+        self.teacher = load_model(teacher, self.device, kind="alignment") if teacher is not None else None
+        self.teacher_images = self._teacher_tokens("image") if self.teacher is not None else None
+        self._teacher_captions: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.inference_mode()
+    def _teacher_tokens(self, kind: str, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher token vectors of every image (or caption), padded to the longest: (N, T, d), (N, T)."""
+        n = self.store.n_images if kind == "image" else self.store.n_captions
+        counts = self.store.region_counts if kind == "image" else self.store.token_counts
+        width = max(int(np.max(counts)), 1)
+        embs, masks = [], []
+        for s in range(0, n, batch_size):
+            idx = np.arange(s, min(s + batch_size, n))
+            if kind == "image":
+                emb, mask = self.teacher.embed_images(self.store.image_batch(idx).to(self.device))
+            else:
+                emb, mask = self.teacher.embed_texts(self.store.caption_batch(idx).to(self.device))
+            pad = width - emb.shape[1]
+            embs.append(torch.nn.functional.pad(emb, (0, 0, 0, pad)))
+            masks.append(torch.nn.functional.pad(mask, (0, pad)))
+        return torch.cat(embs), torch.cat(masks)
+
+    # -- query encoding: the part every method pays ------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, queries: Sequence[str]) -> tuple[Batch, np.ndarray]:
+        """Backbone features (Batch) and student embeddings (B, D) of raw caption queries."""
+        batch = text_batch(self.text_backbone, list(queries))
+        return batch, self.student.embed_texts(batch).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> tuple[Batch, np.ndarray]:
+        """Backbone features (Batch) and student embeddings (B, D) of raw image queries."""
+        batch = image_batch(self.vision_backbone, [im.convert("RGB") for im in images])
+        return batch, self.student.embed_images(batch).float().cpu().numpy()
+
+    # -- teacher scoring ---------------------------------------------------------------------------
+    def _require_teacher(self) -> None:
+        if self.teacher is None:
+            raise DataError("re-ranking needs the teacher: build the Retriever with teacher=<checkpoint>")
+
+    @torch.inference_mode()
+    def teacher_scores_images(self, batch: Batch, row: int, images: np.ndarray | slice) -> np.ndarray:
+        """Teacher scores of text query `row` of `batch` against collection `images`. Shape (n,)."""
+        self._require_teacher()
+        q = Batch(tokens=batch.tokens[row:row + 1], token_mask=batch.token_mask[row:row + 1])
+        txt, txt_mask = self.teacher.embed_texts(q)
+        emb, mask = self.teacher_images
+        return self.teacher.score(emb[images], mask[images], txt, txt_mask)[:, 0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def teacher_scores_captions(self, batch: Batch, row: int, captions: np.ndarray) -> np.ndarray:
+        """Teacher scores of image query `row` of `batch` against store captions `captions`. Shape (n,)."""
+        self._require_teacher()
+        q = Batch(regions=batch.regions[row:row + 1], boxes=batch.boxes[row:row + 1],
+                  region_mask=batch.region_mask[row:row + 1])
+        img, img_mask = self.teacher.embed_images(q)
+        txt, txt_mask = self.teacher.embed_texts(self.store.caption_batch(captions).to(self.device))
+        return self.teacher.score(img, img_mask, txt, txt_mask)[0].float().cpu().numpy()
+
+    # -- search ------------------------------------------------------------------------------------
+    def search_texts(self, queries: Sequence[str], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
+        """Ranked images for each caption query."""
+        batch, emb = self.encode_texts(queries)
+        scores, ids = search(self.index.images, emb, max(k, self.rerank_k) if rerank else k)
+        out = []
+        for row in range(len(queries)):
+            s, i = scores[row], ids[row]
+            s, i = s[i >= 0], i[i >= 0]
+            if rerank:
+                s = self.teacher_scores_images(batch, row, i)
+                order = np.argsort(-s, kind="stable")
+                s, i = s[order], i[order]
+            out.append([Hit(r + 1, int(j), self.store.image_ids[j], float(v), file=self.store.image_files[j])
+                        for r, (j, v) in enumerate(zip(i[:k], s[:k]))])
+        return out
+
+    def search_images(self, images: Sequence[Image.Image], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
+        """Ranked captions for each image query."""
+        batch, emb = self.encode_images(images)
+        scores, ids = search(self.index.captions, emb, max(k, self.rerank_k) if rerank else k)
+        out = []
+        for row in range(len(images)):
+            s, i = scores[row], ids[row]
+            s, i = s[i >= 0], i[i >= 0]
+            if rerank:
+                s = self.teacher_scores_captions(batch, row, i)
+                order = np.argsort(-s, kind="stable")
+                s, i = s[order], i[order]
+            out.append([Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(v),
+                            text=self.store.captions[j]) for r, (j, v) in enumerate(zip(i[:k], s[:k]))])
+        return out
+
+    def search_text(self, query: str, k: int = 10, rerank: bool = False) -> list[Hit]:
+        return self.search_texts([query], k, rerank)[0]
+
+    def search_image(self, image: Image.Image, k: int = 10, rerank: bool = False) -> list[Hit]:
+        return self.search_images([image], k, rerank)[0]
+
+    def teacher_search_text(self, query: str, k: int = 10) -> list[Hit]:
+        """Exhaustive teacher scoring against every image: the slow baseline the student replaces."""
+        batch = text_batch(self.text_backbone, [query])
+        s = self.teacher_scores_images(batch, 0, slice(None))
+        top = np.argsort(-s, kind="stable")[:k]
+        return [Hit(r + 1, int(j), self.store.image_ids[j], float(s[j]), file=self.store.image_files[j])
+                for r, j in enumerate(top)]
+
+    @torch.inference_mode()
+    def teacher_search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
+        """Exhaustive teacher scoring against every caption (their teacher vectors cached on first use)."""
+        self._require_teacher()
+        if self._teacher_captions is None:
+            self._teacher_captions = self._teacher_tokens("caption")
+        batch = image_batch(self.vision_backbone, [image.convert("RGB")])
+        img, img_mask = self.teacher.embed_images(batch)
+        s = self.teacher.score(img, img_mask, *self._teacher_captions)[0].float().cpu().numpy()
+        top = np.argsort(-s, kind="stable")[:k]
+        return [Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(s[j]),
+                    text=self.store.captions[j]) for r, j in enumerate(top)]

@@ -1,0 +1,1 @@
+"""Cross-modal search over the indexed collection: a CLI (``aladin-search``) and an HTTP service."""

@@ -1,0 +1,157 @@
+"""``aladin-search``: search the indexed test collection from the shell, or serve it over HTTP.
+
+    aladin-search text "a red cube left of a blue ball" -k 5 [--rerank] [--json]
+    aladin-search image photo.jpg -k 5 [--rerank] [--json]
+    aladin-search serve --port 8000 [--index hnsw --index flat] [--concurrency 2]
+
+Run from the pipeline's root (or pass ``--root``): it reads features/<split>/, models/student.pt,
+models/teacher.pt (for ``--rerank``; skipped with ``--no-teacher``) and index/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..errors import AladinError, DataError
+from ..io import read_json
+from ..runtime import setup_logging
+
+log = logging.getLogger("aladin")
+
+
+def load_engine(root: str | Path = ".", index: list[str] | None = None, teacher: bool = True,
+                threads: int = 1, concurrency: int = 1, split: str = "test", device: str = "cpu") -> Any:
+    """Load the Retriever once and wrap it in a SearchEngine serving the index kinds `index`
+    (default: the kind stored in index/; others are built at start from its embeddings)."""
+    from ..latency import fix_threads
+    from ..retriever import Retriever
+    from ..runtime import resolve_device
+    from .engine import SearchEngine, with_index_kind
+
+    fix_threads(threads)
+    root = Path(root)
+    teacher_path = root / "models" / "teacher.pt"
+    if teacher and not teacher_path.is_file():
+        log.warning("%s not found: serving without re-ranking", teacher_path)
+        teacher = False
+    base = Retriever(features_dir=root / "features", split=split, student=root / "models" / "student.pt",
+                     index_dir=root / "index", teacher=teacher_path if teacher else None,
+                     device=resolve_device(device))
+    stored = base.index.cfg.kind
+    kinds = list(dict.fromkeys(index or [stored]))
+    retrievers = {kind: base if kind == stored else with_index_kind(base, kind) for kind in kinds}
+    log.info("loaded %d images, %d captions; indexes %s; teacher %s", base.store.n_images,
+             base.store.n_captions, ", ".join(kinds), "on" if teacher else "off")
+    return SearchEngine(retrievers, kinds[0], root=root, concurrency=concurrency)
+
+
+def collection_captions(root: str | Path = ".", split: str = "test") -> list[str]:
+    """The captions of the indexed collection (queries for benchmarks and examples)."""
+    captions = read_json(Path(root) / "features" / split / "captions.json")
+    if not isinstance(captions, list) or not captions:
+        raise DataError(f"{root}/features/{split}/captions.json: expected a non-empty list of captions")
+    return captions
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A search result (as returned by the engine / the API) as a readable table."""
+    hits = result["hits"]
+    head = (f"{len(hits)} results for {result['query']!r} (index {result['index']}"
+            f"{', re-ranked by the teacher' if result['rerank'] else ''}, {result['took_ms']:.1f} ms)")
+    id_w = max([len("image id")] + [len(h["image_id"]) for h in hits])
+    if hits and "caption" in hits[0]:
+        rows = [f"{'rank':>4}  {'score':>8}  {'image id':<{id_w}}  caption"]
+        rows += [f"{h['rank']:>4}  {h['score']:>8.4f}  {h['image_id']:<{id_w}}  {h['caption']}" for h in hits]
+    else:
+        rows = [f"{'rank':>4}  {'score':>8}  {'image id':<{id_w}}  file"]
+        rows += [f"{h['rank']:>4}  {h['score']:>8.4f}  {h['image_id']:<{id_w}}  {h['file']}" for h in hits]
+    return "\n".join([head, *rows])
+
+
+def _open_image(path: Path) -> Image.Image:
+    from .engine import QueryError
+
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise QueryError(f"{path}: not a readable image ({e})") from None
+    return img.convert("RGB")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", type=Path, default=Path("."),
+                        help="pipeline root holding features/, models/, index/ (default: .)")
+    common.add_argument("--split", default="test", help="feature-store split that was indexed (default: test)")
+    common.add_argument("--index", action="append", metavar="KIND",
+                        help="faiss index kind to search (flat, hnsw, ivf_flat, ivf_pq); repeat to serve "
+                             "several, the first is the default (default: the kind stored in index/)")
+    common.add_argument("--no-teacher", action="store_true", help="do not load the teacher (no re-ranking)")
+    common.add_argument("--threads", type=int, default=1, help="torch/faiss threads per query (default: 1)")
+    common.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+    p = argparse.ArgumentParser(prog="aladin-search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, what in (("text", "a text query -> top-k images"), ("image", "an image file -> top-k captions")):
+        s = sub.add_parser(name, parents=[common], help=what)
+        s.add_argument("query", help="the query text" if name == "text" else "path of the query image")
+        s.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+        s.add_argument("--rerank", action="store_true", help="re-rank the student's candidates with the teacher")
+        s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s = sub.add_parser("serve", parents=[common], help="the HTTP service and web page")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+                   help="queries computed at once (default: the CPU count); with --threads, "
+                        "concurrency x threads should not exceed the cores")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    setup_logging(logging.WARNING if args.command != "serve" else logging.INFO)
+    try:
+        if args.threads < 1:
+            raise AladinError(f"--threads: must be >= 1, got {args.threads}")
+        if args.command == "serve":
+            serve(args)
+            return
+        if args.rerank and args.no_teacher:
+            raise AladinError("--rerank needs the teacher: drop --no-teacher")
+        engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,
+                             split=args.split, device=args.device)
+        if args.command == "text":
+            result = engine.search_text(args.query, args.k, args.rerank)
+        else:
+            result = engine.search_image(_open_image(Path(args.query)), args.k, args.rerank, name=args.query)
+    except AladinError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .service import create_app
+
+    engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,
+                         concurrency=args.concurrency, split=args.split, device=args.device)
+    log.info("serving on http://%s:%d/ (%d concurrent queries x %d threads)", args.host, args.port,
+             args.concurrency, args.threads)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

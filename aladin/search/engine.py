@@ -1,0 +1,186 @@
+"""The search engine behind the CLI and the HTTP service.
+
+Wraps one loaded :class:`aladin.retriever.Retriever` (backbones, student, teacher: loaded once)
+and exposes its collection through one or more faiss index kinds. The index stored in
+``index/`` is served under its own kind; other kinds are built at start from the embeddings
+stored beside it (seconds for 5K items), sharing everything else. The engine validates
+queries (the same messages for the CLI and the API), bounds how many queries run at once,
+and turns hits into plain JSON-able dicts.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import threading
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import AladinError, ConfigError
+from ..index import KINDS, IndexDir, build_index
+from ..retriever import Hit, Retriever
+
+
+class QueryError(AladinError):
+    """A bad query; `status` is the HTTP status the service answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_query_chars: int = 500
+    max_k: int = 100
+    max_upload_bytes: int = 10 * 2**20
+    max_image_pixels: int = 40_000_000     # PIL's decompression-bomb guard, made an error
+
+
+def with_index_kind(retriever: Retriever, kind: str, seed: int = 0) -> Retriever:
+    """A view of `retriever` searching a `kind` index built from its stored embeddings.
+
+    Shallow copy: backbones, student, teacher and feature store are shared, not reloaded.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"--index: unknown index kind {kind!r}; known: {', '.join(KINDS)}")
+    cfg = replace(retriever.index.cfg, kind=kind)
+    src = retriever.index
+    view = copy.copy(retriever)
+    view.index = IndexDir(images=build_index(src.image_emb, cfg, seed), captions=build_index(src.caption_emb, cfg, seed),
+                          image_emb=src.image_emb, caption_emb=src.caption_emb, cfg=cfg, manifest=src.manifest)
+    return view
+
+
+class SearchEngine:
+    """Named index views of one collection, with validation and bounded concurrency.
+
+    `concurrency` caps the queries that run at once (the rest wait): with torch using
+    ``threads`` intra-op threads per query, ``concurrency * threads`` should not exceed the
+    cores, or concurrent queries slow each other down.
+    """
+
+    def __init__(self, retrievers: dict[str, Retriever], default_index: str | None = None,
+                 root: str | Path = ".", limits: Limits = Limits(), concurrency: int = 1) -> None:
+        if not retrievers:
+            raise ConfigError("search engine: no index to serve")
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency: must be >= 1, got {concurrency}")
+        self.retrievers = retrievers
+        self.default_index = default_index or next(iter(retrievers))
+        if self.default_index not in retrievers:
+            raise ConfigError(f"--index: default {self.default_index!r} is not among {list(retrievers)}")
+        self.root = Path(root)
+        self.limits = limits
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
+        store = next(iter(retrievers.values())).store
+        self.store = store
+        # Captions are ordered image by image: image i owns rows [starts[i], starts[i + 1]).
+        self._caption_starts = np.searchsorted(store.caption_image, np.arange(store.n_images + 1))
+
+    # -- validation ---------------------------------------------------------------------------
+    def _retriever(self, index: str | None) -> Retriever:
+        name = index or self.default_index
+        if name not in self.retrievers:
+            raise QueryError(f"index: unknown index {name!r}; this service has {', '.join(self.retrievers)}")
+        return self.retrievers[name]
+
+    def _check(self, k: int, rerank: bool, retriever: Retriever, n: int) -> None:
+        top = min(self.limits.max_k, n)
+        if not 1 <= k <= top:
+            raise QueryError(f"k: must be between 1 and {top}, got {k}")
+        if rerank and retriever.teacher is None:
+            raise QueryError("rerank: re-ranking needs the teacher, and this service was started without one")
+
+    def check_text(self, query: str) -> str:
+        q = query.strip()
+        if not q:
+            raise QueryError("q: the query is empty")
+        if len(q) > self.limits.max_query_chars:
+            raise QueryError(f"q: the query has {len(q)} characters, at most {self.limits.max_query_chars} allowed")
+        return q
+
+    def decode_image(self, data: bytes, name: str = "file") -> Image.Image:
+        """Uploaded bytes -> RGB image, or QueryError (empty, too large, not an image, bomb)."""
+        if not data:
+            raise QueryError(f"{name}: the uploaded file is empty")
+        if len(data) > self.limits.max_upload_bytes:
+            raise QueryError(f"{name}: {len(data)} bytes, at most {self.limits.max_upload_bytes} allowed", 413)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                w, h = img.size
+                if w * h > self.limits.max_image_pixels:
+                    raise QueryError(f"{name}: {w}x{h} pixels, at most {self.limits.max_image_pixels} allowed", 413)
+                img.load()
+        except QueryError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise QueryError(f"{name}: not a readable image ({e})", 415) from None
+        return img.convert("RGB")
+
+    # -- search -------------------------------------------------------------------------------
+    def search_text(self, query: str, k: int = 10, rerank: bool = False, index: str | None = None) -> dict[str, Any]:
+        """Text -> images: the top-k images with scores, files and their captions."""
+        q = self.check_text(query)
+        r = self._retriever(index)
+        self._check(k, rerank, r, self.store.n_images)
+        hits, ms = self._run(r.search_text, q, k, rerank)
+        return self._result(q, k, rerank, index, ms, [self._image_hit(h) for h in hits])
+
+    def search_image(self, image: Image.Image, k: int = 10, rerank: bool = False,
+                     index: str | None = None, name: str = "") -> dict[str, Any]:
+        """Image -> captions: the top-k captions with scores and the image each describes."""
+        r = self._retriever(index)
+        self._check(k, rerank, r, self.store.n_captions)
+        hits, ms = self._run(r.search_image, image, k, rerank)
+        return self._result(name, k, rerank, index, ms, [self._caption_hit(h) for h in hits])
+
+    def _run(self, fn, query: Any, k: int, rerank: bool) -> tuple[list[Hit], float]:
+        with self._slots:
+            t0 = time.perf_counter()
+            hits = fn(query, k, rerank)
+            return hits, (time.perf_counter() - t0) * 1e3
+
+    def _result(self, query: str, k: int, rerank: bool, index: str | None, ms: float,
+                hits: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"query": query, "k": k, "rerank": rerank, "index": index or self.default_index,
+                "took_ms": ms, "hits": hits}
+
+    def _image_hit(self, h: Hit) -> dict[str, Any]:
+        return {"rank": h.rank, "score": h.score, "image_index": h.index, "image_id": h.id,
+                "file": h.file, "image_url": f"/images/{h.index}", "captions": self.captions_of(h.index)}
+
+    def _caption_hit(self, h: Hit) -> dict[str, Any]:
+        image = int(self.store.caption_image[h.index])
+        return {"rank": h.rank, "score": h.score, "caption_index": h.index, "caption": h.text,
+                "image_index": image, "image_id": h.id, "file": self.store.image_files[image],
+                "image_url": f"/images/{image}"}
+
+    # -- collection ---------------------------------------------------------------------------
+    def captions_of(self, image: int) -> list[str]:
+        return self.store.captions[self._caption_starts[image]:self._caption_starts[image + 1]]
+
+    def image_file(self, image: int) -> Path:
+        """The file of collection image `image` (relative paths are relative to the root)."""
+        if not 0 <= image < self.store.n_images:
+            raise QueryError(f"image: no image {image} in a collection of {self.store.n_images}", 404)
+        f = Path(self.store.image_files[image])
+        f = f if f.is_absolute() else self.root / f
+        if not f.is_file():
+            raise QueryError(f"image: file of image {image} not found", 404)
+        return f
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "indexes": list(self.retrievers), "default_index": self.default_index,
+                "n_images": self.store.n_images, "n_captions": self.store.n_captions,
+                "rerank_available": next(iter(self.retrievers.values())).teacher is not None,
+                "max_k": self.limits.max_k, "max_query_chars": self.limits.max_query_chars,
+                "max_upload_bytes": self.limits.max_upload_bytes, "concurrency": self.concurrency}

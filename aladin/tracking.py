@@ -1,0 +1,162 @@
+"""MLflow tracking: one run per stage execution, never at the cost of the trained model.
+
+Store: ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlruns``, where root is $DVC_ROOT
+(set by ``dvc exp run``, also inside ``--temp``/``--queue`` copies) or else the current directory
+(stages run from the repo root), so every experiment lands in the same database. Browse with
+``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+
+Every MLflow call is wrapped: a failure logs one warning and turns the rest of the run into
+no-ops. mlflow is imported only when tracking is enabled (about 2 s).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("aladin")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = "aladin"
+
+
+def tracking_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{tracking_root() / 'mlflow.db'}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'teacher': {'lr': 1}} -> {'teacher.lr': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+class Run:
+    """A handle on one MLflow run; every method is safe to call after a failure (no-op)."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None) -> None:
+        self.client, self.run_id = client, run_id
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # tracking must never cost the stage its result
+            log.warning("MLflow %s failed, tracking disabled for this run: %s", what, e)
+            self.run_id = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):                      # MLflow's batch limit
+            self._call("log_params", self.client.log_batch, self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float))]
+        for i in range(0, len(items), 1000):
+            self._call("log_metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._call("set_tags", self.client.log_batch, self.run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.active and Path(path).exists():
+            self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+
+    def end(self, status: str) -> None:
+        if self.active:
+            self._call("end", self.client.set_terminated, self.run_id, status)
+
+
+def _start(stage: str, params: dict[str, Any], cfg: TrackingConfig, uri: str) -> Run:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    for name in ("alembic", "mlflow"):      # mlflow sets its loggers up on import: quiet them after
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        # Artifacts next to the DB, not in the cwd (a `dvc exp run --temp` copy is deleted).
+        exp_id = client.create_experiment(cfg.experiment, artifact_location=(tracking_root() / "mlruns").as_uri())
+    else:
+        exp_id = exp.experiment_id
+    tags = {"stage": stage, "mlflow.source.git.commit": git_commit(),
+            "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+            "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+    run = client.create_run(exp_id, run_name=os.environ.get("DVC_EXP_NAME") or stage,
+                            tags={k: v for k, v in tags.items() if v is not None})
+    handle = Run(client, run.info.run_id)
+    handle.log_params(params)
+    return handle
+
+
+@contextlib.contextmanager
+def mlflow_run(stage: str, params: dict[str, Any], cfg: TrackingConfig | dict[str, Any] | None,
+               tracking_uri: str | None = None) -> Iterator[Run]:
+    """``with mlflow_run("teacher", params, cfg) as run: run.log_metrics(...); run.log_artifact(p)``.
+
+    The run ends FINISHED, or FAILED when the block raises (the exception propagates). With
+    tracking disabled or broken the handle is a no-op. `tracking_uri` overrides
+    $MLFLOW_TRACKING_URI, which overrides the default sqlite store.
+    """
+    if isinstance(cfg, dict):
+        cfg = TrackingConfig(**cfg)
+    cfg = cfg or TrackingConfig(enabled=False)
+    run = Run()
+    if cfg.enabled:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        t0 = time.perf_counter()
+        try:
+            run = _start(stage, params, cfg, uri)
+            log.info("MLflow run %s in %s (%.1f s to start)", run.run_id, uri, time.perf_counter() - t0)
+        except Exception as e:
+            log.warning("MLflow tracking unavailable (%s), continuing without it: %s", uri, e)
+    try:
+        yield run
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")

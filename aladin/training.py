@@ -1,0 +1,198 @@
+"""The shared training loop: Adam, step decay, gradient clipping, per-epoch validation,
+best-model selection and a resumable checkpoint. Teacher, student and cross-encoder stages
+all call :func:`fit` with their own loss and validation.
+
+Determinism: each epoch reseeds the shuffle and torch's RNG (dropout) from (seed, epoch), and
+the ``last`` checkpoint holds model, optimiser, best state and history, so a run resumed at an
+epoch boundary ends with exactly the weights of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .config import require
+from .errors import AladinError
+from .io import atomic_path
+from .store import Batch, FeatureStore
+
+log = logging.getLogger("aladin")
+
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 2e-4
+    lr_decay_epochs: list[int] = field(default_factory=list)   # multiply lr by lr_gamma from these epochs on
+    lr_gamma: float = 0.1
+    grad_clip: float = 2.0                                     # max grad L2 norm; 0 = off
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        require(self.epochs >= 1, "epochs", "must be >= 1")
+        require(self.batch_size >= 2, "batch_size", "must be >= 2 (in-batch negatives)")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(all(e >= 1 for e in self.lr_decay_epochs), "lr_decay_epochs", "epochs count from 0; use >= 1")
+        require(0 < self.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
+        require(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.lr_gamma ** sum(epoch >= e for e in self.lr_decay_epochs)
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+
+@dataclass
+class FitResult:
+    best_metrics: dict[str, float]
+    best_epoch: int
+    history: list[dict[str, float]]   # one row per epoch: epoch, lr, train_loss, train_*, val metrics
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def data_fingerprint(store: FeatureStore) -> dict[str, Any]:
+    """What identifies a feature store cheaply: its manifest plus a hash of the counts arrays."""
+    h = hashlib.sha256()
+    for arr in (store.region_counts, store.token_counts, store.caption_image):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return {"manifest": store.manifest, "counts_sha256": h.hexdigest()}
+
+
+def _state_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(model: nn.Module, train_store: FeatureStore, optim_cfg: OptimConfig, seed: int,
+                config: dict[str, Any] | None) -> str:
+    """Hash of everything a resumed run must share with the interrupted one."""
+    blob = json.dumps({"optim": dataclasses.asdict(optim_cfg), "seed": seed, "config": config,
+                       "data": data_fingerprint(train_store), "init": _state_hash(model)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _load_last(path: Path, fp: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a corrupt checkpoint only costs a restart
+        log.warning("%s: unreadable checkpoint, starting from scratch (%s)", path, e)
+        return None
+    if ckpt.get("fingerprint") != fp:
+        log.info("%s: checkpoint of other params or data, starting from scratch", path)
+        return None
+    return ckpt
+
+
+def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
+        validate: Callable[[nn.Module], dict[str, float]], optim_cfg: OptimConfig, seed: int,
+        device: torch.device | str, checkpoint_dir: str | os.PathLike | None,
+        run: Tracker | None = None, select_metric: str = "rsum",
+        config: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    """Train `model` in place; on return it holds the best weights (by `select_metric`, higher = better).
+
+    loss_fn(model, batch) -> (loss, dict of floats to average and log); validate(model) -> metrics
+    (called in eval mode under no_grad). `config` (the stage's params) joins the checkpoint
+    fingerprint so a checkpoint of other params is never resumed. `on_epoch_end(epoch, row)` runs
+    after the epoch's checkpoint is written (tests use it to simulate an interruption).
+    """
+    device = torch.device(device)
+    model.to(device)
+    last_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    fp = fingerprint(model, train_store, optim_cfg, seed, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+
+    start, history = 0, []
+    best_metrics: dict[str, float] = {}
+    best_epoch, best_state = -1, copy.deepcopy(model.state_dict())
+    ckpt = _load_last(last_path, fp) if last_path is not None else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, history = ckpt["epoch"] + 1, ckpt["history"]
+        best_metrics, best_epoch, best_state = ckpt["best_metrics"], ckpt["best_epoch"], ckpt["best_state"]
+        log.info("resuming from %s after epoch %d", last_path, ckpt["epoch"])
+
+    n = train_store.n_captions
+    for epoch in range(start, optim_cfg.epochs):
+        lr = optim_cfg.lr_at(epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        es = epoch_seed(seed, epoch)
+        torch.manual_seed(es)                                    # dropout
+        order = np.random.default_rng(es).permutation(n)
+        batches = [order[i:i + optim_cfg.batch_size] for i in range(0, n, optim_cfg.batch_size)]
+        batches = [b for b in batches if len(b) >= 2]            # a lone pair has no negatives
+
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{optim_cfg.epochs}", unit="batch", leave=False)
+        for idx in bar:
+            batch = train_store.pair_batch(idx).to(device)
+            loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise AladinError(f"epoch {epoch}: loss became {loss.item()}; lower lr or set grad_clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if optim_cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip)
+            opt.step()
+            for k, v in {"loss": loss.item(), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        model.eval()
+        with torch.no_grad():
+            val = validate(model)
+        model.train()
+        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v / len(batches) for k, v in sums.items()},
+               **{f"val_{k}": float(v) for k, v in val.items()}}
+        history.append(row)
+        if select_metric not in val:
+            raise KeyError(f"validate() returned no {select_metric!r} (got {', '.join(val)})")
+        if best_epoch < 0 or val[select_metric] > best_metrics[select_metric]:
+            best_metrics, best_epoch = {k: float(v) for k, v in val.items()}, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        log.info("epoch %d: train loss %.4f, val %s %.2f (best %.2f at epoch %d)", epoch,
+                 row["train_loss"], select_metric, val[select_metric], best_metrics[select_metric], best_epoch)
+        if run is not None:
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if last_path is not None:
+            with atomic_path(last_path) as tmp:
+                torch.save({"fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": opt.state_dict(), "history": history, "best_metrics": best_metrics,
+                            "best_epoch": best_epoch, "best_state": best_state}, tmp)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(best_metrics=best_metrics, best_epoch=best_epoch, history=history)

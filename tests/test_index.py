@@ -1,0 +1,149 @@
+"""faiss index module: every kind round-trips, approximate kinds find the exact neighbours,
+and a manifest that does not match its files is refused."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from aladin import index as X
+from aladin.errors import ConfigError, DataError
+
+SMALL = dict(hnsw_m=8, ef_construction=40, ef_search=64, nlist=8, nprobe=8, pq_m=8, pq_nbits=6)
+
+
+def unit(rng, n, d=32):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return unit(rng, 300), unit(rng, 600), unit(rng, 20)
+
+
+@pytest.mark.parametrize("kind", X.KINDS)
+def test_round_trip_and_recall(tmp_path, data, kind):
+    img, cap, q = data
+    cfg = X.IndexConfig(kind=kind, **SMALL)
+    X.save_index_dir(tmp_path / "index", img, cap, cfg, seed=0, provenance={"model": {"sha256": "abc"}})
+    loaded = X.load_index_dir(tmp_path / "index", cfg=cfg)
+    np.testing.assert_array_equal(loaded.image_emb, img)
+    assert loaded.images.ntotal == 300 and loaded.captions.ntotal == 600
+    # The saved index answers exactly like a freshly built one (same seed -> same index).
+    fresh = X.build_index(img, cfg, seed=0)
+    s1, i1 = X.search(loaded.images, q, 10)
+    s2, i2 = X.search(fresh, q, 10)
+    np.testing.assert_array_equal(i1, i2)
+    # Against brute force: flat is exact, the others (every cell probed / wide beam) nearly so.
+    exact = np.argsort(-(q @ img.T), axis=1)[:, :10]
+    recall = X.recall_vs_exact(i1, exact)
+    assert recall == 1.0 if kind != "ivf_pq" else recall > 0.5
+    if kind == "flat":
+        np.testing.assert_allclose(s1, np.take_along_axis(q @ img.T, exact, axis=1), rtol=1e-5)
+
+
+def test_search_knobs_apply_without_rebuild(tmp_path, data):
+    img, cap, _ = data
+    cfg = X.IndexConfig(kind="ivf_flat", **SMALL)
+    X.save_index_dir(tmp_path / "index", img, cap, cfg, seed=0, provenance={})
+    loaded = X.load_index_dir(tmp_path / "index", cfg=dataclasses.replace(cfg, nprobe=2))
+    assert loaded.images.nprobe == 2
+    with pytest.raises(DataError, match="nlist"):
+        X.load_index_dir(tmp_path / "index", cfg=dataclasses.replace(cfg, nlist=4, nprobe=2))
+
+
+def test_manifest_mismatch_is_refused(tmp_path, data):
+    img, cap, _ = data
+    model = tmp_path / "student.pt"
+    model.write_bytes(b"weights v1")
+    path = tmp_path / "index"
+    X.save_index_dir(path, img, cap, X.IndexConfig(kind="flat"), seed=0,
+                     provenance={"model": {"path": str(model), "sha256": X.sha256_file(model)}})
+    X.load_index_dir(path, model_path=model)                       # matches
+    model.write_bytes(b"weights v2")                                # retrained checkpoint
+    with pytest.raises(DataError, match="rerun the index stage"):
+        X.load_index_dir(path, model_path=model)
+    np.save(path / "image_emb.npy", img[::-1])                      # embeddings swapped under it
+    with pytest.raises(DataError, match="image_emb.npy: sha256"):
+        X.load_index_dir(path)
+    with pytest.raises(DataError, match="hnsw"):
+        X.load_index_dir(path, cfg=X.IndexConfig(kind="hnsw"))
+    np.save(path / "image_emb.npy", img)                            # restored: loads again
+    X.load_index_dir(path)
+    (path / "captions.faiss").unlink()
+    with pytest.raises(DataError, match="captions.faiss: missing"):
+        X.load_index_dir(path)
+    with pytest.raises(DataError, match="not found"):
+        X.load_index_dir(tmp_path / "nowhere")
+
+
+def test_bad_params():
+    rng = np.random.default_rng(1)
+    with pytest.raises(ConfigError, match="index.nlist"):
+        X.build_index(unit(rng, 10), X.IndexConfig(kind="ivf_flat", nlist=16, nprobe=4))
+    with pytest.raises(ConfigError, match="index.pq_m"):
+        X.build_index(unit(rng, 300), X.IndexConfig(kind="ivf_pq", nlist=4, nprobe=4, pq_m=5))
+
+
+def test_recall_vs_exact_counts_overlap():
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    approx = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
+    assert X.recall_vs_exact(approx, exact) == pytest.approx((2 / 4 + 1) / 2)
+
+
+# -- evaluation rows through an index -------------------------------------------------------------
+from aladin import evaluation as E  # noqa: E402
+from aladin import metrics as M  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def collection():
+    rng = np.random.default_rng(4)
+    img = unit(rng, 40, 16)
+    cap = unit(rng, 200, 16)
+    cap = cap + 0.8 * np.repeat(img, 5, axis=0)              # captions near their image
+    return img, cap / np.linalg.norm(cap, axis=1, keepdims=True), np.repeat(np.arange(40), 5)
+
+
+def test_flat_index_ranks_equal_exhaustive_ranks(collection):
+    img, cap, cap_img = collection
+    retrieval = E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0)
+    fn = E.index_rank_fn(retrieval, cap_img, k=5)
+    exhaustive = E.exhaustive_rank_fn(img @ cap.T, cap_img)
+    for i, c in [(slice(0, 40), slice(0, 200)), (slice(20, 40), slice(100, 200))]:
+        for got, want in zip(fn(i, c), exhaustive(i, c)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_index_ranks_past_k_use_the_fallback(collection):
+    img, cap, cap_img = collection
+    # An index that finds nothing: every rank comes from the exhaustive fallback, at least k + 1.
+    retrieval = E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0)
+    retrieval.topk = lambda i, c, k: (np.full((c.stop - c.start, k), -1), np.full((i.stop - i.start, k), -1))
+    r_i2t, r_t2i = E.index_rank_fn(retrieval, cap_img, k=3)(slice(0, 40), slice(0, 200))
+    s = img @ cap.T
+    np.testing.assert_array_equal(r_t2i, np.maximum(M.ranks_t2i(s, cap_img), 4))
+    np.testing.assert_array_equal(r_i2t, np.maximum(M.ranks_i2t(s, cap_img), 4))
+
+
+def test_two_stage_with_an_oracle_reranker(collection):
+    img, cap, cap_img = collection
+    oracle = (cap_img[None, :] == np.arange(40)[:, None]).astype(np.float32)   # (N_img, N_cap)
+    retrieval = E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0)
+    k = 5
+    r_i2t, r_t2i = E.two_stage_rank_fn(retrieval, cap_img, k, *E.matrix_scorers(oracle))(slice(0, 40), slice(0, 200))
+    s = img @ cap.T
+    student_t2i, student_i2t = M.ranks_t2i(s, cap_img), M.ranks_i2t(s, cap_img)
+    # Found in the top k -> the oracle moves it to rank 1; otherwise the student's rank stands.
+    np.testing.assert_array_equal(r_t2i, np.where(student_t2i <= k, 1, student_t2i))
+    np.testing.assert_array_equal(r_i2t, np.where(student_i2t <= k, 1, student_i2t))
+    out = M.protocol_from_ranks(E.two_stage_rank_fn(retrieval, cap_img, k, *E.matrix_scorers(oracle)), 40, 5,
+                                fold_size=20)
+    assert set(out) == {"n40", "1k"}
+
+
+def test_index_recall_of_flat_is_one(collection):
+    img, cap, _ = collection
+    rec = E.index_recall(E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0))
+    assert rec == {"t2i_recall10_vs_flat": 1.0, "i2t_recall10_vs_flat": 1.0}

@@ -1,0 +1,173 @@
+"""Retrieval metrics against hand-worked cases and a naive loop implementation."""
+import numpy as np
+import pytest
+
+from aladin import metrics as M
+from aladin.errors import DataError
+
+
+def naive_ranks(scores, cap_img):
+    """Loop-by-loop reference: pessimistic ties, 1-based, i2t = best of the image's captions."""
+    n_img, n_cap = scores.shape
+    i2t = []
+    for i in range(n_img):
+        best = max(scores[i, j] for j in range(n_cap) if cap_img[j] == i)
+        i2t.append(1 + sum(1 for j in range(n_cap) if cap_img[j] != i and scores[i, j] >= best))
+    t2i = []
+    for j in range(n_cap):
+        pos = scores[cap_img[j], j]
+        t2i.append(1 + sum(1 for i in range(n_img) if i != cap_img[j] and scores[i, j] >= pos))
+    return np.array(i2t), np.array(t2i)
+
+
+def test_hand_made_ranks_best_of_five():
+    # 3 images x 2 captions each: caption j describes image j // 2.
+    cap_img = np.array([0, 0, 1, 1, 2, 2])
+    s = np.array([
+        # c0   c1   c2   c3   c4   c5
+        [0.1, 0.9, 0.5, 0.2, 0.0, 0.0],   # image 0: its best caption c1 is first -> rank 1
+        [0.8, 0.0, 0.3, 0.1, 0.7, 0.0],   # image 1: best own is c2 (0.3); c0, c4 beat it -> 3
+        [0.0, 0.0, 0.0, 0.6, 0.2, 0.5],   # image 2: best own c5 (0.5); c3 beats it -> 2
+    ], dtype=np.float32)
+    np.testing.assert_array_equal(M.ranks_i2t(s, cap_img), [1, 3, 2])
+    # caption columns: c0: own img0 0.1 < img1 0.8 -> 2; c1 -> 1; c2: img1 0.3 < img0 0.5 -> 2;
+    # c3: img1 0.1 < 0.2, 0.6 -> 3; c4: img2 0.2 < img1 0.7 -> 2; c5 -> 1.
+    np.testing.assert_array_equal(M.ranks_t2i(s, cap_img), [2, 1, 2, 3, 2, 1])
+
+
+def test_ties_count_against_the_query():
+    cap_img = np.repeat(np.arange(12), 5)
+    s = np.zeros((12, 60), np.float32)                 # a constant scorer
+    np.testing.assert_array_equal(M.ranks_t2i(s, cap_img), np.full(60, 12))
+    np.testing.assert_array_equal(M.ranks_i2t(s, cap_img), np.full(12, 56))  # 55 negatives tie
+    m = M.retrieval_metrics(s, cap_img)
+    assert m["rsum"] == 0.0
+    # A tie *among the positives* costs nothing: only negatives push the rank down.
+    s2 = np.zeros((2, 4), np.float32)
+    s2[0, :2] = 1.0
+    s2[1, 2:] = 1.0
+    np.testing.assert_array_equal(M.ranks_i2t(s2, np.array([0, 0, 1, 1])), [1, 1])
+
+
+def test_against_naive_on_random_scores_with_ties():
+    rng = np.random.default_rng(0)
+    for per_image in (1, 5):
+        n_img = 13
+        cap_img = np.repeat(np.arange(n_img), per_image)
+        s = rng.integers(0, 4, size=(n_img, n_img * per_image)).astype(np.float32)  # many ties
+        ref_i2t, ref_t2i = naive_ranks(s, cap_img)
+        np.testing.assert_array_equal(M.ranks_i2t(s, cap_img), ref_i2t)
+        np.testing.assert_array_equal(M.ranks_t2i(s, cap_img), ref_t2i)
+
+
+def test_chunking_matches_unchunked(monkeypatch):
+    rng = np.random.default_rng(1)
+    cap_img = np.repeat(np.arange(20), 5)
+    s = rng.standard_normal((20, 100)).astype(np.float32)
+    full = (M.ranks_i2t(s, cap_img), M.ranks_t2i(s, cap_img))
+    monkeypatch.setattr(M, "_CHUNK", 7)
+    np.testing.assert_array_equal(M.ranks_i2t(s, cap_img), full[0])
+    np.testing.assert_array_equal(M.ranks_t2i(s, cap_img), full[1])
+
+
+def test_summarize_known_values():
+    r_i2t = np.array([1, 2, 6, 11])
+    r_t2i = np.array([1, 1, 5, 10, 20, 30])
+    m = M.summarize(r_i2t, r_t2i)
+    assert m["i2t_r1"] == 25.0 and m["i2t_r5"] == 50.0 and m["i2t_r10"] == 75.0
+    assert m["t2i_r1"] == pytest.approx(100 * 2 / 6) and m["t2i_r5"] == 50.0
+    assert m["t2i_r10"] == pytest.approx(100 * 4 / 6)
+    assert m["i2t_medr"] == 4.0          # median 4.0 of (2, 6) -> floor 4
+    assert m["t2i_medr"] == 7.0          # median of (5, 10) is 7.5 -> floor 7 (VSE++ convention)
+    assert m["i2t_meanr"] == 5.0 and m["t2i_meanr"] == pytest.approx(67 / 6)
+    assert m["rsum"] == pytest.approx(25 + 50 + 75 + 100 * 2 / 6 + 50 + 100 * 4 / 6)
+
+
+def test_perfect_scorer_gets_600():
+    cap_img = np.repeat(np.arange(6), 5)
+    s = (cap_img[None, :] == np.arange(6)[:, None]).astype(np.float32)
+    m = M.retrieval_metrics(s, cap_img)
+    assert m["rsum"] == 600.0 and m["i2t_medr"] == 1.0 and m["t2i_meanr"] == 1.0
+
+
+def test_fold_slices():
+    folds = M.fold_slices(5000, 5)
+    assert len(folds) == 5
+    assert folds[0] == (slice(0, 1000), slice(0, 5000))
+    assert folds[4] == (slice(4000, 5000), slice(20000, 25000))
+    with pytest.raises(DataError):
+        M.fold_slices(4500, 5)
+
+
+def test_protocol_1k_is_mean_of_folds_with_fold_local_ranks():
+    rng = np.random.default_rng(2)
+    n_img, per, fold = 40, 5, 10
+    cap_img = np.repeat(np.arange(n_img), per)
+    s = rng.standard_normal((n_img, n_img * per)).astype(np.float32)
+    # Make fold 0 perfect inside the fold but beaten by images of other folds: the fold metric
+    # must ignore the other folds' items.
+    s[:10, :50] = -5.0
+    s[np.arange(10).repeat(5), np.arange(50)] = 5.0
+    s[10:, :50] = 6.0
+    out = M.protocol_metrics(s, cap_img, fold_size=fold)
+    assert set(out) == {"n40", "1k"}
+    folds = [M.retrieval_metrics(s[i, c], cap_img[c] - i.start) for i, c in M.fold_slices(n_img, per, fold)]
+    assert folds[0]["rsum"] == 600.0
+    for k in out["1k"]:
+        assert out["1k"][k] == pytest.approx(np.mean([f[k] for f in folds]))
+    assert out["n40"] == M.retrieval_metrics(s, cap_img)
+    assert out["n40"]["t2i_r1"] < 100.0               # the whole set sees the stronger images
+
+
+def test_protocol_5k_naming():
+    cap_img = np.repeat(np.arange(2000), 1)
+    s = np.eye(2000, dtype=np.float32)
+    out = M.protocol_metrics(s, cap_img)
+    assert set(out) == {"2k", "1k"} and out["1k"]["rsum"] == 600.0
+
+
+def test_bad_inputs():
+    cap_img = np.array([0, 0, 1, 1])
+    s = np.zeros((2, 4), np.float32)
+    with pytest.raises(DataError, match="caption_image"):
+        M.ranks_t2i(s, np.array([0, 1, 2]))
+    with pytest.raises(DataError, match="out of range"):
+        M.ranks_t2i(s, np.array([0, 0, 1, 2]))
+    bad = s.copy()
+    bad[0, 1] = np.nan                                  # NaN would otherwise rank first
+    with pytest.raises(DataError, match="NaN"):
+        M.ranks_t2i(bad, cap_img)
+    with pytest.raises(DataError, match="no caption"):
+        M.ranks_i2t(np.zeros((3, 4), np.float32), cap_img)
+    with pytest.raises(DataError, match="image by image"):
+        M.protocol_metrics(s, np.array([1, 1, 0, 0]))
+
+
+def test_topk_ranks_t2i():
+    cap_img = np.array([0, 1, 2])
+    topk = np.array([[0, 3, 4],       # found first -> 1
+                     [5, 1, -1],      # found second -> 2
+                     [0, 1, -1]])     # missing -> max(k+1, fallback)
+    np.testing.assert_array_equal(M.topk_ranks_t2i(topk, cap_img, np.array([1, 2, 2])), [1, 2, 4])
+    np.testing.assert_array_equal(M.topk_ranks_t2i(topk, cap_img, np.array([1, 2, 9])), [1, 2, 9])
+
+
+def test_topk_ranks_i2t_first_of_any_caption():
+    cap_img = np.repeat(np.arange(3), 2)                 # 3 images x 2 captions
+    topk = np.array([[2, 1, 0],       # image 0: c1 at position 2
+                     [3, 2, 0],       # image 1: c3 at position 1
+                     [-1, 0, 1]])     # image 2: none (and -1 must not match image 2's c5)
+    fallback = np.array([2, 1, 7])
+    np.testing.assert_array_equal(M.topk_ranks_i2t(topk, cap_img, fallback), [2, 1, 7])
+
+
+def test_topk_ranks_agree_with_exact_on_full_lists():
+    rng = np.random.default_rng(3)
+    cap_img = np.repeat(np.arange(8), 5)
+    s = rng.standard_normal((8, 40)).astype(np.float32)
+    exact_t2i, exact_i2t = M.ranks_t2i(s, cap_img), M.ranks_i2t(s, cap_img)
+    k = 3
+    top_img = np.argsort(-s.T, axis=1)[:, :k]
+    top_cap = np.argsort(-s, axis=1)[:, :k]
+    np.testing.assert_array_equal(M.topk_ranks_t2i(top_img, cap_img, exact_t2i), exact_t2i)
+    np.testing.assert_array_equal(M.topk_ranks_i2t(top_cap, cap_img, exact_i2t), exact_i2t)
