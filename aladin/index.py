@@ -108,10 +108,12 @@ def exact_topk(collection: np.ndarray, queries: np.ndarray, k: int) -> np.ndarra
 
 
 def recall_vs_exact(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Mean fraction of each query's exact top-k found in its approximate top-k (k = row width)."""
+    """Mean fraction of each query's exact top-k found in its approximate top-k (k = row width;
+    -1 padding of a collection smaller than k is ignored)."""
     k = exact_ids.shape[1]
-    hits = [len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx_ids[:, :k], exact_ids)]
-    return float(np.mean(hits) / k) if hits else 0.0
+    fractions = [len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(int((e >= 0).sum()), 1)
+                 for a, e in zip(approx_ids[:, :k], exact_ids)]
+    return float(np.mean(fractions)) if fractions else 0.0
 
 
 def _as_f32(x: np.ndarray) -> np.ndarray:

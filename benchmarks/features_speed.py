@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
+os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported; the stage's bars would drown the figures
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TQDM_DISABLE", "1")         # the stage's progress bars would drown the figures
 
 from aladin.features import load_text_backbone, load_vision_backbone  # noqa: E402
 from aladin.features.extract import caption_windows, extract_captions, extract_images  # noqa: E402

@@ -133,7 +133,7 @@ def main() -> None:
         for f in ("latency_scaling.csv", "index_tradeoff.csv", "rerank_tradeoff.csv", "latency.png"):
             run.log_artifact(PLOTS / f)
     for name, tgt in result["targets"].items():
-        print(f"target {name}: {tgt['value']} (limit {tgt['limit']}) -> {'PASS' if tgt['ok'] else 'FAIL'}")
+        print(f"target {name}: {tgt['value']} (limit {tgt['limit']}) -> {'n/a' if tgt['ok'] is None else 'PASS' if tgt['ok'] else 'FAIL'}")
     for name, v in summary.items():
         print(f"{name}: {v}")
 

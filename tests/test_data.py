@@ -79,7 +79,7 @@ def test_records_are_complete_and_relations_match_the_boxes(small):
             (xi, yi), (xj, yj) = centre[i], centre[j]
             assert {"left_of": xi < xj - margin, "right_of": xi > xj + margin,
                     "above": yi < yj - margin, "below": yi > yj + margin,
-                    "next_to": abs(yi - yj) < margin and margin < abs(xi - xj) < 2 * margin}[r], (rec, i, r, j)
+                    "next_to": abs(yi - yj) < margin and margin < abs(xi - xj) < 0.5 * rec["image_size"]}[r], (rec, i, r, j)
         for k, (x0, y0, x1, y1) in enumerate(o["box"] for o in rec["objects"]):
             assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128 and 20 <= x1 - x0 <= 40
             for (a0, b0, a1, b1) in (o["box"] for o in rec["objects"][k + 1:]):

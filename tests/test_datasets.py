@@ -98,12 +98,16 @@ def test_karpathy_empty_split(tmp_path):
         prepare("karpathy", KarpathyConfig(annotations=str(ann), images=str(root)), CPI, tmp_path / "d")
 
 
-def test_config_needs_paths():
-    with pytest.raises(ConfigError, match="data.karpathy.annotations"):
-        from_dict(KarpathyConfig, {"images": "x"}, "data.karpathy")
-    with pytest.raises(ConfigError, match="data.vinvl_tsv.captions"):
-        from_dict(VinvlTsvConfig, {"features": "f.tsv", "captions": "k.json", "test_captions": "t.json"},
-                  "data.vinvl_tsv")
+def test_selected_source_needs_paths(tmp_path):
+    cfg = from_dict(KarpathyConfig, {"images": "x"}, "data.karpathy")    # unused sections may be empty
+    with pytest.raises(ConfigError, match="data.karpathy.annotations: path"):
+        prepare("karpathy", cfg, CPI, tmp_path)
+    cfg = from_dict(VinvlTsvConfig, {"features": "f.tsv", "captions": "k.json", "test_captions": "t.json"},
+                    "data.vinvl_tsv")
+    with pytest.raises(ConfigError, match="data.vinvl_tsv.captions: give either"):
+        prepare("vinvl_tsv", cfg, CPI, tmp_path)
+    with pytest.raises(ConfigError, match="data.precomp.val_images"):
+        from_dict(PrecompConfig, {"val_images": -1}, "data.precomp")
 
 
 # ---------------------------------------------------------------- store round trip
@@ -239,6 +243,7 @@ def test_vinvl_captions_from_karpathy_file(tmp_path):
     (lambda iid, f: _row(iid, f, b64="not*base64!"), r"features.tsv: row 1: undecodable base64"),
     (lambda iid, f: _row("999", f), r"features.tsv: row 1: holds image 999, but imageid2idx.json maps 702"),
     (lambda iid, f: f"{iid}\t3\n", r"features.tsv: row 1: expected 3 tab-separated fields"),
+    (lambda iid, f: _row(iid, f[:0]), r"features.tsv: row 1: no boxes"),
 ])
 def test_vinvl_bad_rows(tmp_path, bad, match):
     cfg, _ = _vinvl(tmp_path, bad_row=(1, bad))          # row 1 of the TSV holds image 702 (val)

@@ -147,3 +147,8 @@ def test_index_recall_of_flat_is_one(collection):
     img, cap, _ = collection
     rec = E.index_recall(E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0))
     assert rec == {"t2i_recall10_vs_flat": 1.0, "i2t_recall10_vs_flat": 1.0}
+
+
+def test_recall_vs_exact_ignores_padding_of_small_collections():
+    exact = np.array([[3, 1, -1, -1]])                 # collection of 2 items, k = 4
+    assert X.recall_vs_exact(np.array([[1, 3, -1, -1]]), exact) == 1.0

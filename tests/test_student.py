@@ -279,6 +279,7 @@ def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatc
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     spec = importlib.util.spec_from_file_location("distill_stage", "stages/distill.py")
     stage = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "distill_stage", stage)   # dataclasses resolve types through it
     spec.loader.exec_module(stage)
     monkeypatch.chdir(tmp_path)
 

@@ -106,6 +106,8 @@ def parse_row(line: bytes, dim: int, where: str) -> tuple[str, np.ndarray]:
         count = int(parts[1])
     except ValueError:
         raise DataError(f"{where}: box count {parts[1][:20]!r} is not an integer") from None
+    if count < 1:
+        raise DataError(f"{where}: no boxes")
     try:
         buf = base64.b64decode(parts[2], validate=True)
     except (binascii.Error, ValueError) as e:

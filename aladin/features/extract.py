@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 from tqdm import tqdm
 
 from ..config import require
+from ..data.manifest import ImageRecord, load_dataset
 from ..errors import DataError
 from ..io import atomic_path
 from ..store import StoreWriter
@@ -128,7 +129,7 @@ def _repo_relative(file: Path) -> str:
         return str(file)
 
 
-def extract_split(records: Sequence[Any], vision: VisionBackbone, text: TextBackbone, path: Path,
+def extract_split(records: Sequence[ImageRecord], vision: VisionBackbone, text: TextBackbone, path: Path,
                   cfg: FeaturesConfig, captions_per_image: int, manifest_extra: dict[str, Any]) -> None:
     """Write the feature store of one split to `path` (atomically)."""
     captions = [c for r in records for c in r.captions]
@@ -154,8 +155,6 @@ def extract_features(cfg: FeaturesConfig, dataset_path: Path, out_dir: Path, dev
     load_dataset has already checked that files exist and captions are non-empty text, the right
     number per image; decoding errors surface here, naming the file.
     """
-    from ..data.manifest import load_dataset
-
     dataset = load_dataset(dataset_path)
     splits = {s: dataset.split(s) for s in SPLITS}
     for s, records in splits.items():

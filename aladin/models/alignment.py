@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..config import require
-from ..scoring import alignment_scores
+from ..scoring import SCORE_CHUNK_MB, alignment_scores, score_embeddings
 from ..store import Batch
 
 
@@ -76,9 +76,15 @@ class AlignmentModel(nn.Module):
         return self.text_encoder(batch.tokens, batch.token_mask), batch.token_mask
 
     def score(self, img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor,
-              cap_mask: torch.Tensor) -> torch.Tensor:
-        """(N_img, N_cap) alignment scores of embedded images x embedded captions."""
-        return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature)
+              cap_mask: torch.Tensor, chunk_mb: float = SCORE_CHUNK_MB) -> torch.Tensor:
+        """(N_img, N_cap) alignment scores of embedded images x embedded captions.
+
+        Differentiable when gradients are on; otherwise the cache-blocked scorer (same values).
+        """
+        if torch.is_grad_enabled() and (img.requires_grad or cap.requires_grad):
+            return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature)
+        return score_embeddings(img, img_mask, [(cap, cap_mask)], self.cfg.pooling, self.cfg.temperature,
+                                chunk_mb, progress=False)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """In-batch (B, B) score matrix of a pair batch: images as rows, captions as columns."""

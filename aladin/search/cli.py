@@ -129,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.rerank and args.no_teacher:
             raise AladinError("--rerank needs the teacher: drop --no-teacher")
+        image = _open_image(Path(args.query)) if args.command == "image" else None
         engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,
                              split=args.split, device=args.device)
-        if args.command == "text":
+        if image is None:
             result = engine.search_text(args.query, args.k, args.rerank)
         else:
-            result = engine.search_image(_open_image(Path(args.query)), args.k, args.rerank, name=args.query)
+            result = engine.search_image(image, args.k, args.rerank, name=args.query)
     except AladinError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -111,7 +111,7 @@ class SearchEngine:
         if not data:
             raise QueryError(f"{name}: the uploaded file is empty")
         if len(data) > self.limits.max_upload_bytes:
-            raise QueryError(f"{name}: {len(data)} bytes, at most {self.limits.max_upload_bytes} allowed", 413)
+            raise QueryError(f"{name}: larger than the {self.limits.max_upload_bytes} bytes allowed", 413)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,9 +120,9 @@ class SearchEngine:
                 if w * h > self.limits.max_image_pixels:
                     raise QueryError(f"{name}: {w}x{h} pixels, at most {self.limits.max_image_pixels} allowed", 413)
                 img.load()
-        except QueryError:
-            raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise QueryError(f"{name}: too many pixels ({e})", 413) from None
+        except (OSError, SyntaxError, ValueError) as e:
             raise QueryError(f"{name}: not a readable image ({e})", 415) from None
         return img.convert("RGB")
 
