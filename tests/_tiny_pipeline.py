@@ -85,6 +85,7 @@ def write_tiny_dataset(root: Path, renders_per_combo: int = 4) -> Path:
 
 def build_tiny_pipeline(root: Path, epochs: int = 12) -> Path:
     """Every artifact the Retriever reads, under `root`; returns `root`."""
+    torch.set_num_threads(1)         # reproducible training, and polite on a shared machine
     torch.manual_seed(SEED)
     dataset = write_tiny_dataset(root)
     extract_features(FeaturesConfig(image_size=SIZE, max_tokens=16, num_workers=0, device="cpu"),

@@ -119,7 +119,7 @@ def test_families_share_words_differ_in_binding_and_stay_in_one_split(small):
 # --- parser -----------------------------------------------------------------------------------
 
 def _scene(*objs):
-    return Scene("f", tuple(SceneObject(*o, (0.0, 0.0)) for o in objs), Background("plain", (128, 128, 128), 2))
+    return Scene("f", tuple(SceneObject(*o, (0.0, 0.0)) for o in objs), Background("plain", (128, 128, 128), 0))
 
 
 RED_LEFT = _scene(("circle", "red", "large", "plain", (1, 0)), ("square", "blue", "small", "striped", (1, 1))).record("a", 128)

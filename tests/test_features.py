@@ -244,6 +244,31 @@ def test_corrupt_png_is_a_data_error_and_leaves_no_output(tmp_path, vision, text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no features/, no temp dirs
 
 
+def test_precomputed_regions_skip_the_vision_backbone(tmp_path, text, monkeypatch):
+    """A `precomp` data source leaves data/precomputed.json: its regions go into the stores as they are."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    images, splits = [], {}
+    for split, n in (("train", 2), ("val", 1), ("test", 2)):
+        ims = rng.normal(size=(n, 3, 8)).astype(np.float32)
+        np.save(data / f"{split}_ims.npy", ims)
+        splits[split] = {"file": str(data / f"{split}_ims.npy"), "stride": 1, "count": n}
+        images += [{"id": f"{split}{i}", "file": f"{split}_ims.npy", "split": split,
+                    "captions": [f"caption {i} of {split}"]} for i in range(n)]
+    (data / "precomputed.json").write_text(json.dumps({"format": "precomp", "dim": 8, "max_regions": 3,
+                                                       "splits": splits}))
+    (data / "dataset.json").write_text(json.dumps({"name": "pre", "source": "precomp", "captions_per_image": 1,
+                                                   "images": images}))
+    monkeypatch.setattr("aladin.features.extract.load_vision_backbone", None)   # must not be called
+    monkeypatch.setattr("aladin.features.extract.load_text_backbone", lambda *a: text)
+    extract_features(FeaturesConfig(max_tokens=12), data / "dataset.json", tmp_path / "features",
+                     torch.device("cpu"))
+    store = open_split(tmp_path / "features", "test")
+    np.testing.assert_allclose(store.regions[:].astype(np.float32), np.load(data / "test_ims.npy"), atol=1e-2)
+    assert store.manifest["vision_backbone"]["name"] == "precomputed" and store.captions[1] == "caption 1 of test"
+
+
 def _run_stage(cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "stages" / "features.py")], cwd=cwd, env=env,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,18 +30,27 @@ def bow_scores(records: Sequence[dict[str, Any]], captions: Sequence[str]) -> np
     """Cosine of TF-IDF vectors: caption words against each scene's attribute words."""
     docs = [scene_words(r) for r in records]
     vec = TfidfVectorizer(token_pattern=r"[a-z]+").fit(docs + list(captions))
-    scenes, caps = vec.transform(docs), vec.transform(captions)   # rows L2-normalised
-    return (scenes @ caps.T).toarray().astype(np.float32)
+    # The vocabulary is small (~100 words): dense float32 beats a sparse product that fills in.
+    scenes = vec.transform(docs).toarray().astype(np.float32)     # (N_img, V), rows L2-normalised
+    caps = vec.transform(captions).toarray().astype(np.float32)   # (N_cap, V)
+    return scenes @ caps.T
+
+
+@lru_cache(maxsize=1)
+def _palette_lut() -> np.ndarray:
+    """Palette index (n_colours = none) of every RGB colour quantised to 5 bits per channel."""
+    levels = np.arange(32, dtype=np.float32) * 8 + 4                                    # bin centres
+    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)  # (32768, 3)
+    palette = np.asarray([RGB[c] for c in COLOUR_NAMES], dtype=np.float32)             # (C, 3)
+    d = np.linalg.norm(rgb[:, None] - palette[None], axis=2)                           # (32768, C)
+    return np.where(d.min(1) < COLOUR_RADIUS, d.argmin(1), len(palette))
 
 
 def colour_histogram(path: str | os.PathLike) -> np.ndarray:
     """Fraction of an image's pixels near each palette colour, shape (n_colours,)."""
-    px = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).reshape(-1, 3)   # (P, 3)
-    palette = np.asarray([RGB[c] for c in COLOUR_NAMES], dtype=np.float32)             # (C, 3)
-    # Squared distances as |p|^2 - 2 p.c + |c|^2: one small matmul instead of a (P, C, 3) tensor.
-    d2 = (px * px).sum(1, keepdims=True) - 2 * px @ palette.T + (palette * palette).sum(1)  # (P, C)
-    near = d2.min(axis=1) < COLOUR_RADIUS ** 2
-    return np.bincount(d2.argmin(axis=1)[near], minlength=len(palette)) / len(px)
+    q = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3) >> 3                # (P, 3) in [0, 32)
+    idx = _palette_lut()[(q[:, 0].astype(np.int32) << 10) | (q[:, 1].astype(np.int32) << 5) | q[:, 2]]
+    return np.bincount(idx, minlength=len(COLOUR_NAMES) + 1)[:-1] / len(idx)
 
 
 def caption_colours(caption: str) -> np.ndarray:

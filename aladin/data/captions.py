@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from .lexicon import (COLOURS, GENERIC_NOUNS, LOCATION_PHRASES, NUMBERS, PATTERN_POST, PATTERNS,
+from .lexicon import (COLOUR_POST_LINKS, COLOURS, GENERIC_NOUNS, LOCATION_PHRASES, NUMBERS, PATTERN_POST, PATTERNS,
                       RELATIONS, RELATIONS_ITS, INVERSE, SHAPES, SINGLE, SIZES, location_of, plural)
 from .scenes import Scene, SceneObject
 
@@ -53,7 +53,7 @@ def noun_phrase(desc: dict[str, str], rng: random.Random, count: int | None = No
         pattern = None
     pattern_word = rng.choice(PATTERNS[pattern]) if pattern else None
     if colour and not post and rng.random() < 0.15:
-        post.append(rng.choice(["that is ", "in ", "colored ", "coloured "]) + colour)
+        post.append(f"{rng.choice(COLOUR_POST_LINKS)} {colour}")
         colour = None
     adjs = [w for w in (colour, pattern_word) if w]
     if len(adjs) == 2 and rng.random() < 0.3:

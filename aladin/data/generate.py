@@ -42,7 +42,7 @@ class DataConfig:
     image_size: int = 128
     captions_per_image: int = 5
     family_size: int = 4        # scenes per family (same attribute words, different bindings)
-    workers: int = 0            # rendering processes; 0 = one per CPU core (output is identical)
+    workers: int = 0            # rendering processes; 0 = one per usable CPU core (same output)
 
     def validate(self) -> None:
         for split in SPLITS:
@@ -63,17 +63,19 @@ def generate(out_dir: Path, cfg: DataConfig, seed: int) -> tuple[list[ImageRecor
     """Write images/<split>/<index>.png under out_dir; return manifest entries and scene records."""
     if cfg.n_test != COCO_TEST_IMAGES:
         log.warning("data.n_test=%d: the COCO 5K / 1K protocols need %d test images", cfg.n_test, COCO_TEST_IMAGES)
+    out_dir = Path(out_dir).resolve()          # ImageRecord.file is absolute
     images, records, jobs = [], [], []
     for split in SPLITS:
         # Scenes and captions come from one sequential stream per split; rendering needs no randomness.
         rng = random.Random(f"scenes/{seed}/{split}")
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-        for k, scene in enumerate(sample_split(rng, split, getattr(cfg, f"n_{split}"), cfg.family_size)):
+        scenes = sample_split(rng, split, getattr(cfg, f"n_{split}"), cfg.family_size)
+        for k, scene in enumerate(tqdm(scenes, desc=f"data: scenes {split}", unit="img", mininterval=2)):
             image_id, file = f"{split}-{k:06d}", out_dir / "images" / split / f"{k:06d}.png"
             images.append(ImageRecord(image_id, file, split, captions_for(scene, rng, cfg.captions_per_image)))
             records.append(scene.record(image_id, cfg.image_size))
             jobs.append((scene, cfg.image_size, file))
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or len(os.sched_getaffinity(0))
     # fork: workers only draw with PIL; nothing of the parent's state needs re-importing.
     with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         done = pool.imap_unordered(_render_to, jobs, chunksize=64) if pool else map(_render_to, jobs)

@@ -39,6 +39,7 @@ PATTERNS: dict[str, list[str]] = {
     "hollow": ["hollow", "outlined", "empty"],
 }
 PATTERN_POST = {"striped": ["with stripes"], "dotted": ["with dots", "with spots", "with polka dots"]}
+COLOUR_POST_LINKS = ["that is", "in", "colored", "coloured"]    # "a square in red"
 
 ATTRIBUTES: dict[str, dict[str, list[str]]] = {
     "size": SIZES, "colour": COLOURS, "pattern": PATTERNS, "shape": SHAPES,

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .lexicon import (COLOURS, FILLERS, GENERIC_NOUNS, LOCATION_PHRASES, LOCATIONS, NUMBERS,
+from .lexicon import (COLOUR_POST_LINKS, COLOURS, FILLERS, GENERIC_NOUNS, LOCATION_PHRASES, LOCATIONS, NUMBERS,
                       PATTERN_POST, PATTERNS, RELATIONS, RELATIONS_ITS, SEPARATORS, SHAPES, SINGLE,
                       SIZES, WHICH, plural)
 
@@ -85,7 +85,7 @@ def _build_phrases() -> dict[tuple[str, ...], tuple]:
                 add(w, ("adj", attr, value))
     for value, words in COLOURS.items():
         for w in words:
-            for link in ("that is", "in", "colored", "coloured"):
+            for link in COLOUR_POST_LINKS:
                 add(f"{link} {w}", ("post", "colour", value))
     for value, phrases in PATTERN_POST.items():
         for p in phrases:

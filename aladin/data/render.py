@@ -38,11 +38,11 @@ def _grid(side: int) -> tuple[np.ndarray, np.ndarray]:
 def _background(bg: Background, side: int) -> Image.Image:
     y, x = _grid(side)
     if bg.style == "gradient":
-        a = math.radians(bg.angle)
+        a = math.radians(bg.detail)
         t = (x - 0.5) * math.cos(a) + (y - 0.5) * math.sin(a)          # in about [-0.7, 0.7]
         gain = 1.0 + 0.18 * t
     elif bg.style == "tiles":
-        n = bg.angle
+        n = bg.detail
         gain = np.where(((x * n).astype(int) + (y * n).astype(int)) % 2 == 0, 1.05, 0.95)
     else:
         gain = np.ones_like(x)

@@ -49,7 +49,7 @@ class SceneObject:
 class Background:
     style: str                        # plain | gradient | tiles
     rgb: tuple[int, int, int]
-    angle: int                        # gradient direction in degrees, or tiles per side
+    detail: int                       # gradient: direction in degrees; tiles: tiles per side; plain: 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Scene:
             "family": self.family,
             "image_size": image_size,
             "background": {"style": self.background.style, "rgb": list(self.background.rgb),
-                           "angle": self.background.angle},
+                           "detail": self.background.detail},
             "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "pattern": o.pattern,
                          "cell": list(o.cell), "jitter": [round(j, 4) for j in o.jitter],
                          "box": [round(v, 2) for v in o.box(image_size)]}
@@ -102,15 +102,19 @@ def scene_from_record(rec: dict[str, Any]) -> Scene:
     bg = rec["background"]
     objects = tuple(SceneObject(o["shape"], o["colour"], o["size"], o["pattern"],
                                 tuple(o["cell"]), tuple(o["jitter"])) for o in rec["objects"])
-    return Scene(rec["family"], objects, Background(bg["style"], tuple(bg["rgb"]), bg["angle"]))
+    return Scene(rec["family"], objects, Background(bg["style"], tuple(bg["rgb"]), bg["detail"]))
 
 
 def sample_background(rng: random.Random) -> Background:
     # Low-saturation mid tones: white, black and every saturated colour stay visible on them.
     r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.03, 0.2), rng.uniform(0.45, 0.7))
     style = rng.choice(BACKGROUND_STYLES)
-    angle = rng.choice([0, 45, 90, 135, 180, 225, 270, 315]) if style == "gradient" else rng.choice([2, 4, 8])
-    return Background(style, (round(r * 255), round(g * 255), round(b * 255)), angle)
+    detail = 0
+    if style == "gradient":
+        detail = rng.randrange(0, 360, 45)
+    elif style == "tiles":
+        detail = rng.choice([2, 4, 8])
+    return Background(style, (round(r * 255), round(g * 255), round(b * 255)), detail)
 
 
 def _jitter(rng: random.Random) -> tuple[float, float]:

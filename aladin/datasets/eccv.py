@@ -32,9 +32,8 @@ def _package_metrics():
 def required_k(metrics=None, ks: Sequence[int] = KS) -> tuple[int, int]:
     """Shortest exact (i2t, t2i) ranked-list lengths: the largest positive set or K."""
     m = metrics or _package_metrics()
-    longest = lambda gts: max(len(v) for v in gts.values())  # noqa: E731
-    return (max(max(ks), longest(m.eccv_gts["i2t"]), longest(m.cxc_gts["i2t"])),
-            max(max(ks), longest(m.eccv_gts["t2i"]), longest(m.cxc_gts["t2i"])))
+    return tuple(max(max(ks), *(len(v) for gts in (m.eccv_gts, m.cxc_gts) for v in gts[d].values()))
+                 for d in ("i2t", "t2i"))
 
 
 def eccv_metrics_from_topk(i2t_topk: np.ndarray, t2i_topk: np.ndarray, image_ids: Sequence[int],

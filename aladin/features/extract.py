@@ -4,6 +4,10 @@ Throughput comes from keeping the backbones busy: images are decoded and resized
 workers while the model runs; captions are tokenised once per split, then encoded in batches of
 similar length (sorted inside windows of a few batches, so memory stays bounded and the store is
 still written contiguously, in dataset order).
+
+Datasets that ship precomputed region features (the `precomp` / `vinvl_tsv` data sources leave a
+``precomputed.json`` beside dataset.json) skip the vision backbone: their regions and boxes are
+copied into the stores as they are; captions are still encoded here.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from tqdm import tqdm
 
 from ..config import require
 from ..data.manifest import ImageRecord, load_dataset
+from ..datasets import PRECOMPUTED, RegionSource, open_precomputed, write_region_features
 from ..errors import DataError
-from ..io import atomic_path
+from ..io import atomic_path, read_json
 from ..store import StoreWriter
 from .text import TextBackbone, load_text_backbone
 from .vision import VisionBackbone, load_pixels, load_vision_backbone
@@ -129,17 +134,26 @@ def _repo_relative(file: Path) -> str:
         return str(file)
 
 
-def extract_split(records: Sequence[ImageRecord], vision: VisionBackbone, text: TextBackbone, path: Path,
-                  cfg: FeaturesConfig, captions_per_image: int, manifest_extra: dict[str, Any]) -> None:
-    """Write the feature store of one split to `path` (atomically)."""
+def extract_split(records: Sequence[ImageRecord], vision: VisionBackbone | RegionSource, text: TextBackbone,
+                  path: Path, cfg: FeaturesConfig, captions_per_image: int, manifest_extra: dict[str, Any]) -> None:
+    """Write the feature store of one split to `path` (atomically).
+
+    `vision` is a backbone run on the image files, or a source of precomputed regions.
+    """
     captions = [c for r in records for c in r.captions]
     caption_image = np.repeat(np.arange(len(records)), captions_per_image)
     ids = text.tokenize(captions)
     width = max(len(x) for x in ids)
     split = path.name
+    run_backbone = isinstance(vision, VisionBackbone)
+    n_regions = vision.n_regions if run_backbone else vision.max_regions
     t0 = time.perf_counter()
-    with StoreWriter(path, len(records), vision.n_regions, vision.dim, len(captions), width, text.dim) as w:
-        extract_images(vision, [r.file for r in records], w, cfg.batch_size, cfg.num_workers, f"{split} images")
+    with StoreWriter(path, len(records), n_regions, vision.dim, len(captions), width, text.dim) as w:
+        if run_backbone:
+            extract_images(vision, [r.file for r in records], w, cfg.batch_size, cfg.num_workers,
+                           f"{split} images")
+        else:
+            write_region_features(w, vision, split, [r.id for r in records])
         t1 = time.perf_counter()
         extract_captions(text, ids, w, cfg.batch_size, f"{split} captions")
         t2 = time.perf_counter()
@@ -160,13 +174,20 @@ def extract_features(cfg: FeaturesConfig, dataset_path: Path, out_dir: Path, dev
     for s, records in splits.items():
         if not records:
             raise DataError(f"{dataset_path}: no images in split {s!r}")
-    log.info("loading backbones on %s: vision %s, text %s", device, cfg.vision_backbone, cfg.text_backbone)
-    vision = load_vision_backbone(cfg.vision_backbone, cfg.image_size, device)
+    precomputed = open_precomputed(dataset_path.parent)
+    if precomputed is None:
+        log.info("loading vision backbone %s on %s", cfg.vision_backbone, device)
+        vision: VisionBackbone | RegionSource = load_vision_backbone(cfg.vision_backbone, cfg.image_size, device)
+        vision_info = vision.info
+    else:
+        log.info("image regions: precomputed (%s), features.vision_backbone unused", dataset_path.parent / PRECOMPUTED)
+        vision, vision_info = precomputed, {"name": "precomputed", **read_json(dataset_path.parent / PRECOMPUTED)}
+    log.info("loading text backbone %s on %s", cfg.text_backbone, device)
     text = load_text_backbone(cfg.text_backbone, cfg.max_tokens, device)
     extra = {
         "dataset": dataset.name,
         "captions_per_image": dataset.captions_per_image,
-        "vision_backbone": vision.info,
+        "vision_backbone": vision_info,
         "text_backbone": text.info,
         "image_size": cfg.image_size,
         "max_tokens_param": cfg.max_tokens,

@@ -21,20 +21,18 @@ from PIL import Image
 
 from ..errors import AladinError, DataError
 from ..io import read_json
-from ..runtime import setup_logging
+from ..latency import fix_threads
+from ..retriever import Retriever
+from ..runtime import resolve_device, setup_logging
+from .engine import QueryError, SearchEngine, check_text, with_index_kind
 
 log = logging.getLogger("aladin")
 
 
 def load_engine(root: str | Path = ".", index: list[str] | None = None, teacher: bool = True,
-                threads: int = 1, concurrency: int = 1, split: str = "test", device: str = "cpu") -> Any:
+                threads: int = 1, concurrency: int = 1, split: str = "test", device: str = "cpu") -> SearchEngine:
     """Load the Retriever once and wrap it in a SearchEngine serving the index kinds `index`
     (default: the kind stored in index/; others are built at start from its embeddings)."""
-    from ..latency import fix_threads
-    from ..retriever import Retriever
-    from ..runtime import resolve_device
-    from .engine import SearchEngine, with_index_kind
-
     fix_threads(threads)
     root = Path(root)
     teacher_path = root / "models" / "teacher.pt"
@@ -76,8 +74,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _open_image(path: Path) -> Image.Image:
-    from .engine import QueryError
-
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     try:
@@ -129,10 +125,11 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.rerank and args.no_teacher:
             raise AladinError("--rerank needs the teacher: drop --no-teacher")
-        image = _open_image(Path(args.query)) if args.command == "image" else None
+        # Check the query before the seconds spent loading models.
+        image = _open_image(Path(args.query)) if args.command == "image" else check_text(args.query)
         engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,
                              split=args.split, device=args.device)
-        if image is None:
+        if args.command == "text":
             result = engine.search_text(args.query, args.k, args.rerank)
         else:
             result = engine.search_image(image, args.k, args.rerank, name=args.query)

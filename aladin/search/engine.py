@@ -42,17 +42,28 @@ class Limits:
     max_image_pixels: int = 40_000_000     # PIL's decompression-bomb guard, made an error
 
 
-def with_index_kind(retriever: Retriever, kind: str, seed: int = 0) -> Retriever:
-    """A view of `retriever` searching a `kind` index built from its stored embeddings.
+def check_text(query: str, limits: Limits = Limits()) -> str:
+    """The stripped query, or QueryError when it is empty or too long."""
+    q = query.strip()
+    if not q:
+        raise QueryError("q: the query is empty")
+    if len(q) > limits.max_query_chars:
+        raise QueryError(f"q: the query has {len(q)} characters, at most {limits.max_query_chars} allowed")
+    return q
 
-    Shallow copy: backbones, student, teacher and feature store are shared, not reloaded.
+
+def with_index_kind(retriever: Retriever, kind: str) -> Retriever:
+    """A view of `retriever` searching a `kind` index built from its stored embeddings, with the
+    stored index's knobs and seed. Shallow copy: backbones, student, teacher and feature store
+    are shared, not reloaded.
     """
     if kind not in KINDS:
         raise ConfigError(f"--index: unknown index kind {kind!r}; known: {', '.join(KINDS)}")
-    cfg = replace(retriever.index.cfg, kind=kind)
     src = retriever.index
+    cfg, seed = replace(src.cfg, kind=kind), int(src.manifest.get("seed", 0))
     view = copy.copy(retriever)
-    view.index = IndexDir(images=build_index(src.image_emb, cfg, seed), captions=build_index(src.caption_emb, cfg, seed),
+    view.index = IndexDir(images=build_index(src.image_emb, cfg, seed),
+                          captions=build_index(src.caption_emb, cfg, seed),
                           image_emb=src.image_emb, caption_emb=src.caption_emb, cfg=cfg, manifest=src.manifest)
     return view
 
@@ -99,12 +110,7 @@ class SearchEngine:
             raise QueryError("rerank: re-ranking needs the teacher, and this service was started without one")
 
     def check_text(self, query: str) -> str:
-        q = query.strip()
-        if not q:
-            raise QueryError("q: the query is empty")
-        if len(q) > self.limits.max_query_chars:
-            raise QueryError(f"q: the query has {len(q)} characters, at most {self.limits.max_query_chars} allowed")
-        return q
+        return check_text(query, self.limits)
 
     def decode_image(self, data: bytes, name: str = "file") -> Image.Image:
         """Uploaded bytes -> RGB image, or QueryError (empty, too large, not an image, bomb)."""

@@ -1,0 +1,183 @@
+"""Teacher: pooled alignment scores, chunked scoring, triplet loss, model and checkpoints."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aladin.errors import DataError
+from aladin.losses import positive_mask, triplet_loss
+from aladin.models.factory import build_model, load_model, save_checkpoint
+from aladin.scoring import POOLINGS, alignment_scores, score_embeddings, score_store
+from aladin.store import Batch, FeatureStore, StoreWriter
+
+torch.set_num_threads(1)
+T = 0.1
+
+
+def random_set(n: int, length: int, d: int, counts: list[int], seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(n, length, d, generator=g), dim=-1)
+    mask = torch.arange(length)[None] < torch.tensor(counts)[:, None]
+    return x, mask
+
+
+def naive_score(img, img_mask, cap, cap_mask, pooling):
+    """Plain Python loops over pairs, words and valid regions."""
+    out = torch.zeros(img.shape[0], cap.shape[0])
+    for i in range(img.shape[0]):
+        regions = [img[i, r] for r in range(img.shape[1]) if img_mask[i, r]]
+        for j in range(cap.shape[0]):
+            words = [cap[j, w] for w in range(cap.shape[1]) if cap_mask[j, w]]
+            per_word = []
+            for w in words:
+                sims = [float(r @ w) for r in regions]
+                if pooling == "lse":
+                    per_word.append(T * math.log(sum(math.exp(s / T) for s in sims)))
+                else:
+                    per_word.append(max(sims))
+            out[i, j] = sum(per_word) / (len(words) if pooling == "mravgw" else 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sets():
+    img, img_mask = random_set(5, 4, 8, [4, 1, 3, 2, 4], seed=0)
+    cap, cap_mask = random_set(7, 6, 8, [6, 1, 2, 5, 3, 6, 4], seed=1)
+    return img, img_mask, cap, cap_mask
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_pooling_matches_naive_loop(sets, pooling):
+    img, img_mask, cap, cap_mask = sets
+    expected = naive_score(img, img_mask, cap, cap_mask, pooling)
+    torch.testing.assert_close(alignment_scores(img, img_mask, cap, cap_mask, pooling, T), expected)
+
+
+def test_padding_content_is_ignored(sets):
+    """Padded regions never win the max (even with huge similarity); padded words add nothing."""
+    img, img_mask, cap, cap_mask = sets
+    img2 = torch.where(img_mask[..., None], img, 100.0 * cap[:1, :1])
+    cap2 = torch.where(cap_mask[..., None], cap, 100.0 * img[:1, :1])
+    for pooling in POOLINGS:
+        torch.testing.assert_close(alignment_scores(img2, img_mask, cap2, cap_mask, pooling, T),
+                                   alignment_scores(img, img_mask, cap, cap_mask, pooling, T))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("chunk_mb", [1e-5, 1e-3, 100.0])
+def test_chunked_equals_unchunked(sets, pooling, chunk_mb):
+    img, img_mask, cap, cap_mask = sets
+    full = alignment_scores(img, img_mask, cap, cap_mask, pooling, T)
+    # Two caption groups with their own padding, written to shuffled columns.
+    short, rest = torch.tensor([1, 2]), torch.tensor([0, 3, 4, 5, 6])   # captions 1, 2 have <= 2 words
+    groups = [(cap[short, :2], cap_mask[short, :2]), (cap[rest], cap_mask[rest])]
+    perm = torch.tensor([4, 0, 6, 2, 1, 5, 3])                          # caption k -> column perm[k]
+    out = score_embeddings(img, img_mask, groups, pooling, T, chunk_mb,
+                           columns=[perm[short], perm[rest]], progress=False)
+    torch.testing.assert_close(out[:, perm], full)
+
+
+def test_triplet_loss_uses_hardest_negative_and_margin():
+    s = torch.tensor([[0.9, 0.5, 0.8],
+                      [0.1, 0.6, 0.0],
+                      [0.2, 0.3, 0.7]], requires_grad=True)
+    loss = triplet_loss(s, torch.eye(3, dtype=torch.bool), margin=0.2)
+    # i2t hinges (row-wise hardest caption): [.2-.9+.8]=.1, [.2-.6+.1]=0, [.2-.7+.3]=0
+    # t2i hinges (column-wise hardest image): [.2-.9+.2]=0, [.2-.6+.5]=.1, [.2-.7+.8]=.3
+    assert loss.item() == pytest.approx((0.1 + 0.1 + 0.3) / 3)
+    loss.backward()
+    # Only the hardest negatives get gradient: (0,2) as caption of 0 and as image of 2, (0,1).
+    assert s.grad[0, 2] > 0 and s.grad[0, 1] > 0 and s.grad[2, 0] == 0 and s.grad[1, 0] == 0
+    assert triplet_loss(s, torch.eye(3, dtype=torch.bool), margin=0.0).item() == pytest.approx(0.1 / 3)
+
+
+def test_duplicate_images_in_batch_are_not_negatives():
+    batch = Batch(image_index=torch.tensor([7, 7, 3]))
+    pos = positive_mask(batch)
+    assert pos.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    s = torch.tensor([[1.0, 1.0, 0.0],
+                      [1.0, 1.0, 0.0],
+                      [0.0, 0.0, 1.0]])
+    assert triplet_loss(s, pos).item() == 0.0                     # would be 0.2 with (0,1) as negative
+    assert triplet_loss(s, torch.eye(3, dtype=torch.bool)).item() > 0
+
+
+def tiny_store(path, n_img=6, cpi=2, r=5, length=6, d_img=10, d_txt=9, seed=0) -> FeatureStore:
+    rng = np.random.default_rng(seed)
+    n_cap = n_img * cpi
+    with StoreWriter(path, n_img, r, d_img, n_cap, length, d_txt) as w:
+        w.write_images(0, rng.normal(size=(n_img, r, d_img)), rng.uniform(size=(n_img, r, 6)),
+                       rng.integers(1, r + 1, size=n_img))
+        w.write_captions(0, rng.normal(size=(n_cap, length, d_txt)), rng.integers(1, length + 1, size=n_cap))
+        w.finish([str(i) for i in range(n_img)], ["x.png"] * n_img, ["c"] * n_cap,
+                 np.repeat(np.arange(n_img), cpi), {})
+    return FeatureStore(path)
+
+
+def make_model(pooling="mrsw", dropout=0.0):
+    torch.manual_seed(0)
+    return build_model("alignment", {"d": 8, "layers": 2, "heads": 2, "ff": 16, "dropout": dropout,
+                                     "pooling": pooling}, 10, 9).eval()
+
+
+def test_embeddings_are_unit_norm_and_independent_of_batch_padding(tmp_path):
+    store, model = tiny_store(tmp_path / "s"), make_model()
+    with torch.no_grad():
+        emb, mask = model.embed_images(store.image_batch(np.arange(6)))
+        for i in range(6):
+            alone, alone_mask = model.embed_images(store.image_batch([i]))
+            n = int(store.region_counts[i])
+            assert alone_mask.sum() == n == mask[i].sum()
+            torch.testing.assert_close(alone[0, :n], emb[i, :n])
+        txt, txt_mask = model.embed_texts(store.caption_batch(np.arange(12)))
+    assert emb.shape == (6, 5, 8) and txt.shape[0] == 12
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(6, 5))
+    torch.testing.assert_close(txt.norm(dim=-1), torch.ones(txt.shape[:2]))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_score_store_matches_direct_scoring(tmp_path, pooling):
+    store, model = tiny_store(tmp_path / "s"), make_model(pooling)
+    with torch.no_grad():
+        direct = model.score(*model.embed_images(store.image_batch(np.arange(6))),
+                             *model.embed_texts(store.caption_batch(np.arange(12))))
+    torch.testing.assert_close(score_store(model, store, "cpu", chunk_mb=1e-4, batch_size=4, progress=False), direct)
+    img_idx, cap_idx = np.array([4, 1]), np.array([11, 0, 5])
+    sub = score_store(model, store, "cpu", image_idx=img_idx, caption_idx=cap_idx, progress=False)
+    torch.testing.assert_close(sub, direct[img_idx][:, cap_idx])
+
+
+def test_in_batch_forward_is_differentiable_and_equals_no_grad_scores(tmp_path):
+    store, model = tiny_store(tmp_path / "s"), make_model()
+    batch = store.pair_batch(np.arange(8))
+    scores = model(batch)
+    scores.sum().backward()
+    assert model.text_encoder.proj.weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), scores.detach())
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path):
+    store, model = tiny_store(tmp_path / "s"), make_model("lse")
+    save_checkpoint(tmp_path / "m.pt", model, "alignment", model.cfg, {"val": {"rsum": 1.0}})
+    loaded = load_model(tmp_path / "m.pt", "cpu", kind="alignment")
+    assert not loaded.training and loaded.cfg == model.cfg
+    batch = store.pair_batch(np.arange(12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model(batch))
+    with pytest.raises(DataError, match="m.pt.*'matching'"):
+        load_model(tmp_path / "m.pt", kind="matching")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="bad.pt"):
+        load_model(tmp_path / "bad.pt")
+    with pytest.raises(DataError, match="missing.pt"):
+        load_model(tmp_path / "missing.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["d_txt"] = 5
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    with pytest.raises(DataError, match="mismatch.pt"):
+        load_model(tmp_path / "mismatch.pt")

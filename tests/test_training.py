@@ -1,0 +1,136 @@
+"""The shared training loop and MLflow tracking, on a tiny planted-signal feature store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aladin.losses import positive_mask, triplet_loss
+from aladin.metrics import retrieval_metrics
+from aladin.models.factory import build_model
+from aladin.scoring import score_store
+from aladin.store import FeatureStore, StoreWriter
+from aladin.tracking import TrackingConfig, mlflow_run
+from aladin.training import OptimConfig, fit
+
+torch.set_num_threads(1)
+D_IMG, D_TXT, R, L, CPI = 16, 12, 4, 4, 2
+MODEL_CFG = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1}
+
+
+def planted_store(path: Path, n_img: int, seed: int, w: np.ndarray) -> FeatureStore:
+    """Each caption's words are noisy linear images (w) of some of its image's regions."""
+    rng = np.random.default_rng(seed)
+    n_cap = n_img * CPI
+    with StoreWriter(path, n_img, R, D_IMG, n_cap, L, D_TXT) as wr:
+        regions = rng.normal(size=(n_img, R, D_IMG)).astype(np.float32)
+        counts = rng.integers(3, R + 1, size=n_img)
+        regions[np.arange(R)[None, :] >= counts[:, None]] = 0
+        boxes = rng.uniform(size=(n_img, R, 6)).astype(np.float32)
+        wr.write_images(0, regions, boxes, counts)
+        tokens = np.zeros((n_cap, L, D_TXT), np.float32)
+        tcounts = rng.integers(2, L + 1, size=n_cap)
+        for j in range(n_cap):
+            picks = rng.integers(0, counts[j // CPI], size=tcounts[j])
+            tokens[j, :tcounts[j]] = regions[j // CPI, picks] @ w + 0.3 * rng.normal(size=(tcounts[j], D_TXT))
+        wr.write_captions(0, tokens, tcounts)
+        wr.finish([str(i) for i in range(n_img)], [f"{i}.png" for i in range(n_img)],
+                  [f"caption {j}" for j in range(n_cap)], np.repeat(np.arange(n_img), CPI), {"test": True})
+    return FeatureStore(path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    w = np.random.default_rng(99).normal(size=(D_IMG, D_TXT)) / np.sqrt(D_IMG)
+    return planted_store(root / "train", 48, 1, w), planted_store(root / "val", 20, 2, w)
+
+
+def make_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("alignment", MODEL_CFG, D_IMG, D_TXT)
+
+
+def loss_fn(model, batch):
+    return triplet_loss(model(batch), positive_mask(batch)), {}
+
+
+def validator(val):
+    return lambda m: retrieval_metrics(score_store(m, val, "cpu", progress=False), val.caption_image)
+
+
+def train(stores, ckpt_dir, epochs=3, lr=3e-3, **kw):
+    train_store, val = stores
+    model = make_model()
+    result = fit(model, loss_fn, train_store, validator(val), OptimConfig(epochs=epochs, batch_size=16, lr=lr),
+                 seed=0, device="cpu", checkpoint_dir=ckpt_dir, **kw)
+    return model, result
+
+
+def test_training_lowers_loss_and_beats_chance(stores, tmp_path):
+    model, result = train(stores, tmp_path, epochs=6)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.7 * losses[0]
+    # Chance on 20 images x 2 captions: rsum ~ (10 + 42 + 70) i2t + (5 + 25 + 50) t2i = 202.
+    assert result.best_metrics["rsum"] > 300
+    assert result.best_epoch == int(np.argmax([row["val_rsum"] for row in result.history]))
+    # The model comes back holding the best epoch's weights.
+    assert validator(stores[1])(model)["rsum"] == pytest.approx(result.best_metrics["rsum"])
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(stores, tmp_path):
+    full, full_result = train(stores, tmp_path / "a")
+
+    def interrupt(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stores, tmp_path / "b", on_epoch_end=interrupt)
+    seen = []
+    resumed, resumed_result = train(stores, tmp_path / "b", on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [1, 2]                                        # epoch 0 came from the checkpoint
+    assert resumed_result.history == full_result.history
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_stale_checkpoint_of_other_params_is_not_resumed(stores, tmp_path):
+    train(stores, tmp_path, epochs=1)
+    seen = []
+    _, result = train(stores, tmp_path, epochs=2, lr=1e-3, on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [0, 1] and len(result.history) == 2
+
+
+def test_mlflow_run_records_params_metrics_and_artifacts(stores, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))              # the store lands at $DVC_ROOT/mlflow.db
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    artifact = tmp_path / "out.json"
+    artifact.write_text("{}")
+    params = {"seed": 0, "teacher": {"optim": {"lr": 3e-3}, "margin": 0.2}}
+    with mlflow_run("teacher", params, TrackingConfig(experiment="t")) as run:
+        _, result = train(stores, None, epochs=2, run=run)
+        run.log_artifact(artifact)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data = client.get_run(run.run_id).data
+    assert data.params == {"seed": "0", "teacher.optim.lr": "0.003", "teacher.margin": "0.2"}
+    assert data.tags["stage"] == "teacher" and data.tags["dvc_exp_name"] == "exp-test"
+    history = client.get_metric_history(run.run_id, "val_rsum")
+    assert [(m.step, m.value) for m in history] == [(r["epoch"], r["val_rsum"]) for r in result.history]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["out.json"]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_tracking_failure_does_not_raise(tmp_path):
+    with mlflow_run("teacher", {"a": 1}, TrackingConfig(), tracking_uri="bogus://nowhere") as run:
+        run.log_metrics({"x": 1.0}, step=0)
+        run.log_artifact(tmp_path)
+    assert not run.active
+    with mlflow_run("teacher", {"a": 1}, {"enabled": False, "experiment": "x"}) as off:
+        off.log_metrics({"x": 1.0})
+    assert not off.active
