@@ -5,7 +5,6 @@ student trained for a few seconds on an easy dataset, an untrained teacher for r
 """
 from __future__ import annotations
 
-import io
 import json
 import struct
 import threading
