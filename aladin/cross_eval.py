@@ -11,6 +11,7 @@ aladin.evaluation.two_stage_rank_fn, :func:`rerank` serves a single query list.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -26,10 +27,21 @@ from .io import atomic_path
 from .metrics import ranks_i2t, ranks_t2i, summarize
 from .models.cross_encoder import CrossEncoder
 from .models.factory import load_model
-from .store import FeatureStore
+from .store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 Tokens = tuple[torch.Tensor, torch.Tensor]   # (N, T, d) projected tokens, (N, T) validity mask
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval mode (no dropout) inside, the caller's mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _cat_padded(parts: list[Tokens]) -> Tokens:
@@ -69,13 +81,13 @@ def score_rows(model: CrossEncoder, img: Tokens, txt: Tokens, image_rows: torch.
 def cross_scores(model: CrossEncoder, store: FeatureStore, image_idx: np.ndarray, caption_idx: np.ndarray,
                  device: torch.device | str, batch_size: int = 2048) -> np.ndarray:
     """(N_img, N_cap) cross-encoder logits of store images `image_idx` x captions `caption_idx`."""
-    model.eval()
-    img = embed_items(model, store, image_idx, "image", device)
-    txt = embed_items(model, store, caption_idx, "caption", device)
-    n_img, n_cap = len(image_idx), len(caption_idx)
-    rows = torch.arange(n_img * n_cap, device=img[0].device)
-    s = score_rows(model, img, txt, rows // n_cap, rows % n_cap, batch_size,
-                   desc=f"cross-encoder {n_img}x{n_cap} pairs")
+    with _eval_mode(model):
+        img = embed_items(model, store, image_idx, "image", device)
+        txt = embed_items(model, store, caption_idx, "caption", device)
+        n_img, n_cap = len(image_idx), len(caption_idx)
+        rows = torch.arange(n_img * n_cap, device=img[0].device)
+        s = score_rows(model, img, txt, rows // n_cap, rows % n_cap, batch_size,
+                       desc=f"cross-encoder {n_img}x{n_cap} pairs")
     return s.view(n_img, n_cap).numpy()
 
 
@@ -100,17 +112,17 @@ def candidate_scores(model: CrossEncoder, store: FeatureStore, query_idx: np.nda
 
     Each distinct item is projected once, then Q * k transformer passes.
     """
-    model.eval()
     query_idx, candidates = np.asarray(query_idx, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
     empty = candidates < 0
     items, cand_rows = np.unique(np.where(empty, candidates.max(initial=0), candidates), return_inverse=True)
-    q = embed_items(model, store, query_idx, query, device)
-    c = embed_items(model, store, items, "image" if query == "caption" else "caption", device)
-    dev = q[0].device
-    q_rows = torch.arange(len(query_idx), device=dev).repeat_interleave(candidates.shape[1])
-    c_rows = torch.as_tensor(cand_rows.reshape(-1), device=dev)
-    img, txt, i, t = (c, q, c_rows, q_rows) if query == "caption" else (q, c, q_rows, c_rows)
-    s = score_rows(model, img, txt, i, t, batch_size, desc=f"cross-encoder re-rank {candidates.size} pairs")
+    with _eval_mode(model):
+        q = embed_items(model, store, query_idx, query, device)
+        c = embed_items(model, store, items, "image" if query == "caption" else "caption", device)
+        dev = q[0].device
+        q_rows = torch.arange(len(query_idx), device=dev).repeat_interleave(candidates.shape[1])
+        c_rows = torch.as_tensor(cand_rows.reshape(-1), device=dev)
+        img, txt, i, t = (c, q, c_rows, q_rows) if query == "caption" else (q, c, q_rows, c_rows)
+        s = score_rows(model, img, txt, i, t, batch_size, desc=f"cross-encoder re-rank {candidates.size} pairs")
     return np.where(empty, -np.inf, s.view(candidates.shape).numpy())
 
 
@@ -154,7 +166,7 @@ def subsample_queries(store: FeatureStore, n_images: int, text_queries: int, ima
 
 
 def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int = 1000,
-                       text_queries: int = 100, image_queries: int = 20, seed: int = 0,
+                       text_queries: int = 100, image_queries: int = 10, seed: int = 0,
                        batch_size: int = 2048) -> dict[str, float | str]:
     """Retrieval metrics of exhaustive cross-encoder scoring on fold 0, for a query subsample.
 
@@ -190,20 +202,23 @@ def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.d
 
 
 def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, device: torch.device | str,
-                   batch_size: int = 2048) -> Callable[[int], np.ndarray]:
-    """``search(caption_id) -> (n_images,)`` logits: one text query against the first n_images images.
+                   batch_size: int = 2048) -> Callable[[int | Batch], np.ndarray]:
+    """``search(query) -> (n_images,)`` logits: one text query against the first n_images images.
 
     What a cross-encoder search costs per query, for the latency harness: image tokens are
-    projected once beforehand (the only per-item precomputation a cross-encoder allows); the
-    query's tokens come from the feature store (the text backbone's cost is the same for every
-    system and not included).
+    projected once beforehand (the only per-item precomputation a cross-encoder allows), then
+    one transformer pass per image. `query` is a store caption id (its stored tokens: the text
+    backbone left out) or a one-caption Batch from aladin.features.text_batch (raw text).
+    Puts the model in eval mode.
     """
     model.eval()
     img = embed_items(model, store, np.arange(n_images), "image", device)
     rows = torch.arange(n_images, device=img[0].device)
 
-    def search(caption_id: int) -> np.ndarray:
-        txt = embed_items(model, store, np.array([caption_id]), "caption", device)
+    @torch.no_grad()
+    def search(query: int | Batch) -> np.ndarray:
+        batch = query if isinstance(query, Batch) else store.caption_batch([int(query)])
+        txt = model.embed_texts(batch.to(device))
         return score_rows(model, img, txt, rows, torch.zeros_like(rows), batch_size).numpy()
     return search
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -64,6 +65,10 @@ def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple
     Captions come in groups so each group can be padded to its own length (sorted by length,
     that removes most padding). ``columns[k]`` (optional) are the output columns of group k,
     default: groups side by side. One step's similarity block holds at most ``chunk_mb`` MB.
+
+    On CPU the images are split between torch.get_num_threads() worker threads, each running
+    single-threaded ops on its own blocks: small blocks parallelise badly inside one op (a
+    barrier per op), and on a busy machine collapse to a fraction of the speed.
     """
     n, r, d = img.shape
     total_caps = sum(c.shape[0] for c, _ in caps)
@@ -73,36 +78,49 @@ def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple
     fast = pooling != "lse"
     if fast:
         img = _pad_with_first_region(img, img_mask)
+        caps = [(cap * cap_mask[..., None], cap_mask) for cap, cap_mask in caps]   # padded words score 0
     rows = img.reshape(n * r, d)
     budget = chunk_mb * 2**20 / 4                                         # floats per block
-    bar = tqdm(total=total_caps, desc="teacher scoring", unit="cap", disable=not progress, leave=False)
-    for (cap, cap_mask), cols in zip(caps, columns):
-        m, length, _ = cap.shape
-        if fast:
-            cap = cap * cap_mask[..., None]                               # padded words score 0
-        # Block = n_img x m_cap pairs of R x L floats; aim for a square-ish block of pairs.
-        pairs = max(1, int(budget // (r * length)))
-        m_step = max(1, min(m, int(math.sqrt(pairs))))
-        n_step = max(1, min(n, pairs // m_step))
-        for j in range(0, m, m_step):
-            c, c_cols = cap[j:j + m_step], cols[j:j + m_step]
-            mc = c.shape[0]
-            if fast:
+    bar = tqdm(total=n * total_caps, desc="teacher scoring", unit="pair", unit_scale=True,
+               disable=not progress, leave=False)
+
+    def work(lo: int, hi: int) -> None:
+        """Score images lo:hi against every caption, block by block."""
+        torch.set_num_threads(1)
+        for (cap, cap_mask), cols in zip(caps, columns):
+            m, length, _ = cap.shape
+            # Block = n_img x m_cap pairs of R x L floats; aim for a square-ish block of pairs.
+            pairs = max(1, int(budget // (r * length)))
+            m_step = max(1, min(m, int(math.sqrt(pairs))))
+            n_step = max(1, min(hi - lo, pairs // m_step))
+            for j in range(0, m, m_step):
+                c, c_mask, c_cols = cap[j:j + m_step], cap_mask[j:j + m_step], cols[j:j + m_step]
+                mc = c.shape[0]
                 c_t = c.reshape(mc * length, d).T.contiguous()            # (d, mc*L)
-                words = cap_mask[j:j + mc].sum(dim=-1).clamp(min=1)
-            for i in range(0, n, n_step):
-                ni = min(n_step, n - i)
-                if fast:
-                    block = (rows[i * r:(i + ni) * r] @ c_t).view(ni, r, mc, length)
-                    s = block.amax(dim=1).sum(dim=-1)                     # (ni, mc)
-                    if pooling == "mravgw":
-                        s = s / words[None]
-                else:
-                    s = alignment_scores(img[i:i + ni], img_mask[i:i + ni], c, cap_mask[j:j + mc],
-                                         pooling, temperature)
-                out[i:i + ni, c_cols] = s
-            bar.update(mc)
-    bar.close()
+                for i in range(lo, hi, n_step):
+                    ni = min(n_step, hi - i)
+                    if fast:
+                        block = (rows[i * r:(i + ni) * r] @ c_t).view(ni, r, mc, length)
+                        s = block.amax(dim=1).sum(dim=-1)                 # (ni, mc)
+                        if pooling == "mravgw":
+                            s = s / c_mask.sum(dim=-1).clamp(min=1)[None]
+                    else:
+                        s = alignment_scores(img[i:i + ni], img_mask[i:i + ni], c, c_mask, pooling, temperature)
+                    out[i:i + ni, c_cols] = s
+                    bar.update(ni * mc)
+
+    workers = min(n, torch.get_num_threads()) if img.device.type == "cpu" else 1
+    threads = torch.get_num_threads()
+    try:
+        if workers <= 1:
+            work(0, n)
+        else:
+            bounds = np.linspace(0, n, workers + 1).astype(int)
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(work, bounds[:-1], bounds[1:]))
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
     return out
 
 

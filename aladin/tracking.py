@@ -100,9 +100,15 @@ class Run:
                    tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.active and Path(path).exists():
+        """A file, or a directory (stored under its own name); a missing path is skipped."""
+        path = Path(path)
+        if not self.active or not path.exists():
+            return
+        if path.is_dir():
+            dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            self._call("log_artifacts", self.client.log_artifacts, self.run_id, str(path), dest)
+        else:
             self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
-
 
     def end(self, status: str) -> None:
         if self.active:

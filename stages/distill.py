@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,11 +88,12 @@ def main() -> None:
 
     used = dataclasses.asdict(cfg)
     used = {k: used[k] for k in BASELINE_KEYS} if baseline else used
+    checkpoints = Path("checkpoints") / name
     with mlflow_run("student_triplet" if baseline else "distill", {"distill": used, "seed": seed},
                     tracking) as run:
         t0 = time.perf_counter()
         result = fit(student, make_loss_fn(cfg.loss, teacher), train, lambda m: student_metrics(m, val),
-                     cfg.optim, seed, device, Path("checkpoints") / name, run=run, config=used)
+                     cfg.optim, seed, device, checkpoints, run=run, config=used)
         train_seconds = time.perf_counter() - t0
         summary = {"val": result.best_metrics, "best_epoch": result.best_epoch,
                    "mode": cfg.loss.mode, "train_seconds": round(train_seconds, 1)}
@@ -110,6 +112,7 @@ def main() -> None:
         run.log_artifact(history)
         log.info("%s: val rsum %.2f (epoch %d), %.1f s", name, result.best_metrics["rsum"],
                  result.best_epoch, train_seconds)
+    shutil.rmtree(checkpoints, ignore_errors=True)     # only an interrupted run needs it
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aladin.cross_eval import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, rerank,
-                               subsample_queries)
+                               subsample_queries, text_search_fn)
 from aladin.errors import ConfigError
 from aladin.io import read_json
 from aladin.losses import pair_bce_loss
@@ -142,6 +142,15 @@ def test_cross_scores_and_rerank_agree_with_score_matrix(tmp_path):
     s = cross_scores(m, store, img, cap, "cpu", batch_size=5)
     ref = m.score_matrix(store.image_batch(img), store.caption_batch(cap)).detach().numpy()
     np.testing.assert_allclose(s, ref, atol=1e-5)
+    # One text query against the first 5 images, by caption id or as a raw-query Batch.
+    search = text_search_fn(m, store, 5, "cpu", batch_size=2)
+    col = cross_scores(m, store, np.arange(5), np.array([7]), "cpu")[:, 0]
+    np.testing.assert_allclose(search(7), col, atol=1e-5)
+    np.testing.assert_allclose(search(store.caption_batch([7])), col, atol=1e-5)
+    # Scoring is in eval mode (no dropout) whatever the caller's mode, which it restores.
+    noisy = small_model(seed=9, dropout=0.5).train()
+    np.testing.assert_allclose(cross_scores(noisy, store, img, cap, "cpu"), s, atol=1e-5)
+    assert noisy.training
     # Text -> image re-ranking of candidate lists: sorted by the same scores.
     cands = np.array([[4, 0, 2], [2, 4, 0]])
     order, scores = rerank(m, store, cap[:2], cands, "cpu", query="caption")
@@ -236,21 +245,31 @@ def run_stage_in(tmp_path, monkeypatch, cross_params: str):
     return read_json(tmp_path / "metrics" / "cross.json")
 
 
-def test_stage_trains_and_writes_its_outputs(tmp_path, monkeypatch):
-    metrics = run_stage_in(tmp_path, monkeypatch, """
-  model: {width: 16, layers: 1, heads: 2, ff: 32, dropout: 0.0}
+STAGE_PARAMS = """
+  model: {width: 16, layers: 1, heads: 2, ff: 32, dropout: 0.1}
   optim: {epochs: 2, batch_size: 8, lr: 0.003}
   mine_candidates: 2
   select_images: 4
   eval_images: 6
   eval_text_queries: 5
   eval_image_queries: 3
-""")
+"""
+
+
+def test_stage_trains_and_writes_its_outputs(tmp_path, monkeypatch):
+    metrics = run_stage_in(tmp_path, monkeypatch, STAGE_PARAMS)
     assert metrics["val"]["protocol"] == "fold0_6img_query_subsample"
     assert metrics["val"]["t2i_queries"] == 5 and metrics["val"]["i2t_queries"] == 3
-    assert "sampled" in metrics["note"] and metrics["best_epoch"] in (0, 1)
+    assert "fixed random query samples" in metrics["note"] and metrics["best_epoch"] in (0, 1)
     assert isinstance(load_cross(tmp_path / "models" / "cross.pt"), CrossEncoder)
     assert (tmp_path / "plots" / "cross_history.csv").read_text().startswith("epoch")
+    # The shared seed fixes the result (dropout, shuffles and negative draws included).
+    (tmp_path / "again").mkdir()
+    again = run_stage_in(tmp_path / "again", monkeypatch, STAGE_PARAMS)
+    assert {k: v for k, v in again["val"].items() if k != "seconds"} == \
+        {k: v for k, v in metrics["val"].items() if k != "seconds"}
+    a, b = (load_cross(p / "models" / "cross.pt").state_dict() for p in (tmp_path, tmp_path / "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stage_disabled_writes_skipped_outputs(tmp_path, monkeypatch):
