@@ -31,6 +31,12 @@ Pooling = Literal["mrsw", "mravgw", "lse"]
 POOLINGS = ("mrsw", "mravgw", "lse")
 
 
+def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
+    """Padded regions become copies of the first region: the max over regions is unchanged,
+    and the hot loop needs no mask pass over the big similarity block."""
+    return torch.where(img_mask[..., None], img, img[:, :1])
+
+
 def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor, cap_mask: torch.Tensor,
                      pooling: Pooling = "mrsw", temperature: float = 0.1) -> torch.Tensor:
     """(N, M) scores of images (N, R, d) with mask (N, R) x captions (M, L, d) with mask (M, L).
@@ -39,22 +45,18 @@ def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tenso
     """
     n, r, d = img.shape
     m, length, _ = cap.shape
+    if pooling != "lse":
+        img = _pad_with_first_region(img, img_mask)                      # cheaper than masking sim
     sim = (img.reshape(n * r, d) @ cap.reshape(m * length, d).T).view(n, r, m, length)
-    sim = sim.masked_fill(~img_mask[:, :, None, None], float("-inf"))
     if pooling == "lse":
+        sim = sim.masked_fill(~img_mask[:, :, None, None], float("-inf"))
         best = temperature * torch.logsumexp(sim / temperature, dim=1)   # (N, M, L)
     else:
-        best = sim.amax(dim=1)                                           # (N, M, L)
+        best = sim.max(dim=1).values                                     # (N, M, L); backward cheaper than amax
     total = best.masked_fill(~cap_mask[None], 0.0).sum(dim=-1)           # (N, M)
     if pooling == "mravgw":
         total = total / cap_mask.sum(dim=-1).clamp(min=1)[None]
     return total
-
-
-def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
-    """Padded regions become copies of the first region: the max over regions is unchanged,
-    and the hot loop needs no mask pass over the big similarity block."""
-    return torch.where(img_mask[..., None], img, img[:, :1])
 
 
 def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple[torch.Tensor, torch.Tensor]],

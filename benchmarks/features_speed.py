@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)

@@ -181,3 +181,16 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     torch.save(ckpt, tmp_path / "mismatch.pt")
     with pytest.raises(DataError, match="mismatch.pt"):
         load_model(tmp_path / "mismatch.pt")
+
+
+def test_threaded_scoring_matches_and_restores_thread_count(sets):
+    img, img_mask, cap, cap_mask = sets
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for pooling in POOLINGS:
+            out = score_embeddings(img, img_mask, [(cap, cap_mask)], pooling, T, 1e-5, progress=False)
+            torch.testing.assert_close(out, alignment_scores(img, img_mask, cap, cap_mask, pooling, T))
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
