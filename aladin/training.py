@@ -115,13 +115,15 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
         device: torch.device | str, checkpoint_dir: str | os.PathLike | None,
         run: Tracker | None = None, select_metric: str = "rsum",
         config: dict[str, Any] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights (by `select_metric`, higher = better).
 
     loss_fn(model, batch) -> (loss, dict of floats to average and log); validate(model) -> metrics
     (called in eval mode under no_grad). `config` (the stage's params) joins the checkpoint
-    fingerprint so a checkpoint of other params is never resumed. `on_epoch_end(epoch, row)` runs
-    after the epoch's checkpoint is written (tests use it to simulate an interruption).
+    fingerprint so a checkpoint of other params is never resumed. `on_epoch_start(epoch)` runs
+    before each epoch's training (e.g. a loss schedule); `on_epoch_end(epoch, row)` after the
+    epoch's checkpoint is written (tests use it to simulate an interruption).
     """
     device = torch.device(device)
     model.to(device)
@@ -146,6 +148,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
         lr = optim_cfg.lr_at(epoch)
         for g in opt.param_groups:
             g["lr"] = lr
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         es = epoch_seed(seed, epoch)
         torch.manual_seed(es)                                    # dropout
         order = np.random.default_rng(es).permutation(n)

@@ -39,12 +39,14 @@ class TeacherParams:
     model: AlignmentConfig = field(default_factory=AlignmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     margin: float = 0.2            # triplet hinge margin
+    warmup_epochs: int = 1         # epochs summing over all negatives before hardest-negative (VSE++)
     score_chunk_mb: float = 2.0    # similarity block per scoring step (cache-sized is fastest)
     device: str = "auto"
     threads: int = 0               # torch intra-op threads; 0 = torch default
 
     def validate(self) -> None:
         require(self.margin >= 0, "margin", "must be >= 0")
+        require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         require(self.score_chunk_mb > 0, "score_chunk_mb", "must be > 0")
         require(self.threads >= 0, "threads", "must be >= 0")
 
@@ -71,15 +73,21 @@ def main() -> None:
     seed_everything(seed)
     model = build_model("alignment", p.model, train.manifest["d_img"], train.manifest["d_txt"])
 
+    hardest = {"on": p.warmup_epochs == 0}
+
+    def on_epoch_start(epoch):
+        hardest["on"] = epoch >= p.warmup_epochs
+
     def loss_fn(model, batch):
-        return triplet_loss(model(batch), positive_mask(batch), p.margin), {}
+        return triplet_loss(model(batch), positive_mask(batch), p.margin, hardest["on"]), {}
 
     def validate(model):
         return retrieval_metrics(score_store(model, val, device, p.score_chunk_mb, progress=False), val.caption_image)
 
     params = {"seed": seed, "teacher": asdict(p)}
     with mlflow_run("teacher", params, tracking) as run:
-        result = fit(model, loss_fn, train, validate, p.optim, seed, device, CHECKPOINTS, run, "rsum", config=params)
+        result = fit(model, loss_fn, train, validate, p.optim, seed, device, CHECKPOINTS, run, "rsum",
+                     config=params, on_epoch_start=on_epoch_start)
         save_checkpoint(MODEL, model.cpu(), "alignment", p.model,
                         extra={"val": result.best_metrics, "epoch": result.best_epoch, "seed": seed})
         write_json(METRICS, {"val": result.best_metrics, "best_epoch": result.best_epoch})

@@ -194,3 +194,17 @@ def test_threaded_scoring_matches_and_restores_thread_count(sets):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_all_negatives_triplet_loss_matches_naive_sum():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(5, 5, generator=g)
+    pos = positive_mask(Batch(image_index=torch.tensor([0, 0, 1, 2, 2])))
+    total, n_pos = 0.0, 0
+    for i in range(5):
+        for j in range(5):
+            if pos[i, j]:
+                n_pos += 1
+                total += sum(max(0.0, 0.2 - s[i, j] + s[i, k]) for k in range(5) if not pos[i, k])
+                total += sum(max(0.0, 0.2 - s[i, j] + s[k, j]) for k in range(5) if not pos[k, j])
+    assert triplet_loss(s, pos, 0.2, hardest=False).item() == pytest.approx(float(total) / n_pos, rel=1e-5)
