@@ -40,12 +40,14 @@ class LossConfig:
     teacher_temperature: float = 1.0    # teacher side; the reference uses the raw MrSw sums
     triplet_weight: float = 0.1         # mode distill+triplet only
     margin: float = 0.2                 # triplet hinge margin
+    warmup_epochs: int = 1              # triplet: hinge over all negatives, then the hardest (VSE++)
 
     def validate(self) -> None:
         require(self.temperature > 0, "temperature", "must be > 0")
         require(self.teacher_temperature > 0, "teacher_temperature", "must be > 0")
         require(self.triplet_weight >= 0, "triplet_weight", "must be >= 0")
         require(self.margin >= 0, "margin", "must be >= 0")
+        require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
 
 
 class Timed:
@@ -117,27 +119,36 @@ def teacher_scorer(teacher: nn.Module, store: FeatureStore, cached: bool) -> Tim
     return Timed(scores, setup_seconds=time.perf_counter() - t0)
 
 
-def make_loss_fn(cfg: LossConfig, teacher: TeacherScores | None
-                 ) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]:
-    """loss_fn(student, pair batch) -> (loss, logs) for :func:`aladin.training.fit`."""
-    if cfg.mode != "triplet" and teacher is None:
-        raise ValueError(f"mode {cfg.mode!r} needs a teacher")
+class StudentLoss:
+    """loss_fn(student, pair batch) -> (loss, logs) for :func:`aladin.training.fit`.
 
-    def loss_fn(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    Pass :meth:`on_epoch_start` to fit too: the triplet term sums its hinge over all in-batch
+    negatives for `warmup_epochs` epochs before switching to the hardest negative, since max
+    violation from a random start collapses the embeddings (as for the teacher).
+    """
+
+    def __init__(self, cfg: LossConfig, teacher: TeacherScores | None) -> None:
+        if cfg.mode != "triplet" and teacher is None:
+            raise ValueError(f"mode {cfg.mode!r} needs a teacher")
+        self.cfg, self.teacher, self.hardest = cfg, teacher, cfg.warmup_epochs == 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.hardest = epoch >= self.cfg.warmup_epochs
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
         scores = model(batch)                                          # (B, B) cosines
         positive = positive_mask(batch)
         if cfg.mode == "triplet":
-            loss = triplet_loss(scores, positive, cfg.margin)
-            return loss, {}
-        loss = distillation_loss(scores, teacher(batch), cfg.temperature, cfg.teacher_temperature, positive)
+            return triplet_loss(scores, positive, cfg.margin, self.hardest), {}
+        loss = distillation_loss(scores, self.teacher(batch), cfg.temperature, cfg.teacher_temperature,
+                                 positive)
         logs = {"distill": loss.item()}
         if cfg.mode == "distill+triplet":
-            triplet = triplet_loss(scores, positive, cfg.margin)
+            triplet = triplet_loss(scores, positive, cfg.margin, self.hardest)
             loss = loss + cfg.triplet_weight * triplet
             logs["triplet"] = triplet.item()
         return loss, logs
-
-    return loss_fn
 
 
 def student_metrics(model: nn.Module, store: FeatureStore, batch_size: int = 256) -> dict[str, float]:

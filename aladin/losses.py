@@ -38,3 +38,39 @@ def triplet_loss(scores: torch.Tensor, positive: torch.Tensor, margin: float = 0
     hardest_img = negatives.max(dim=0, keepdim=True).values     # (1, B_cap): per caption, over images
     cost = (margin - scores + hardest_cap).clamp(min=0) + (margin - scores + hardest_img).clamp(min=0)
     return cost[positive].mean()
+
+
+def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                      student_temperature: float, teacher_temperature: float = 1.0,
+                      positive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ListNet-style listwise distillation of a (B, B) pair batch, rows and columns added.
+
+    Each row (an image over the batch's captions) and each column (a caption over the batch's
+    images) of the teacher's scores (detached, divided by `teacher_temperature`) gives a target
+    distribution by softmax; the student's cosine scores divided by `student_temperature` (the
+    reference's scale 6.0 is a temperature of 1/6) give the predicted one; the loss is their
+    cross-entropy, averaged over rows, plus the same over columns. Lower temperatures give
+    sharper distributions. The gradient is zero exactly when both distributions agree.
+
+    Duplicates: when two captions of one image share a batch, the image appears twice (identical
+    rows for the teacher, and the captions are each other's positives). With `positive_mask`
+    (B_img, B_cap), every off-diagonal positive is dropped from both distributions, so each list
+    ranks its own pair against true negatives only, as the triplet loss does, and a duplicate
+    never counts as a competing target. Without it, duplicates stay in the lists as targets
+    (both copies share the target mass, consistently for teacher and student).
+    """
+    t = teacher_scores.detach() / teacher_temperature
+    s = student_scores / student_temperature
+    drop = None
+    if positive_mask is not None:
+        eye = torch.eye(*s.shape, dtype=torch.bool, device=s.device)
+        drop = positive_mask & ~eye
+        t, s = t.masked_fill(drop, float("-inf")), s.masked_fill(drop, float("-inf"))
+
+    def cross_entropy(dim: int) -> torch.Tensor:
+        log_q = s.log_softmax(dim)
+        if drop is not None:  # p = 0 there; avoid 0 * -inf
+            log_q = log_q.masked_fill(drop, 0.0)
+        return -(t.softmax(dim) * log_q).sum(dim).mean()
+
+    return cross_entropy(1) + cross_entropy(0)

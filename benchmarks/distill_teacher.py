@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from aladin.config import section  # noqa: E402
-from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, make_loss_fn  # noqa: E402
+from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss  # noqa: E402
 from aladin.models.factory import build_model, load_model  # noqa: E402
 from aladin.store import FeatureStore, StoreWriter, open_split  # noqa: E402
 
@@ -72,7 +72,7 @@ def main() -> None:
     step = {k: float("inf") for k in scorers}
     for _ in range(args.rounds):
         for name, scorer in scorers.items():
-            loss_fn = make_loss_fn(LossConfig(), scorer)
+            loss_fn = StudentLoss(LossConfig(), scorer)
             loss_fn(student, store.pair_batch(batches[0]))           # warm-up
             t0 = time.perf_counter()
             for idx in batches[1:]:

@@ -1,4 +1,5 @@
-"""Stage `data`: render the compositional scenes dataset into data/ and score non-learned baselines.
+"""Stage `data`: render the compositional scenes dataset into data/ and score non-learned baselines,
+or (data.source karpathy / precomp / vinvl_tsv) convert a real dataset's files into data/dataset.json.
 
 Outputs: data/dataset.json (manifest), data/scenes.jsonl (scene records), data/images/<split>/*.png,
 metrics/data.json (dataset statistics; bag-of-words and colour-histogram retrieval on the test split).
@@ -8,6 +9,7 @@ import logging
 from aladin.config import load_section, shared_seed
 from aladin.data.generate import DataConfig, dataset_metrics, generate, write_scenes
 from aladin.data.manifest import write_dataset
+from aladin.datasets import dataset_stats, prepare
 from aladin.io import atomic_path, write_json
 from aladin.runtime import run_stage
 
@@ -17,6 +19,14 @@ log = logging.getLogger("aladin")
 def main() -> None:
     cfg = load_section(DataConfig, "data")
     seed = shared_seed()
+    if cfg.source != "scenes":      # files the user downloaded (docs/COCO.md)
+        with atomic_path("data", is_dir=True) as out:
+            name, images = prepare(cfg.source, getattr(cfg, cfg.source), cfg.captions_per_image, out)
+            write_dataset(out / "dataset.json", name, cfg.source, cfg.captions_per_image, images)
+        stats = dataset_stats(images)
+        write_json("metrics/data.json", stats)
+        log.info("data: %s, %s images", name, stats["images"])
+        return
     with atomic_path("data", is_dir=True) as out:
         images, records = generate(out, cfg, seed)
         write_dataset(out / "dataset.json", "scenes", cfg.source, cfg.captions_per_image, images)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from aladin.config import load_section, require, shared_seed  # noqa: E402
-from aladin.distillation import LossConfig, Mode, make_loss_fn, student_metrics, teacher_scorer  # noqa: E402
+from aladin.distillation import LossConfig, Mode, StudentLoss, student_metrics, teacher_scorer  # noqa: E402
 from aladin.io import atomic_path, write_json  # noqa: E402
 from aladin.models.factory import build_model, load_model, save_checkpoint  # noqa: E402
 from aladin.models.matching import MatchingHead  # noqa: E402
@@ -35,7 +35,7 @@ log = logging.getLogger("aladin")
 FEATURES = Path("features")
 TEACHER = Path("models/teacher.pt")
 # The keys the triplet baseline depends on (declared as its params in dvc.yaml).
-BASELINE_KEYS = ("model", "optim", "margin", "device", "threads")
+BASELINE_KEYS = ("model", "optim", "margin", "warmup_epochs", "device", "threads")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class DistillParams:
     teacher_temperature: float = 1.0    # teacher side; the reference uses the raw MrSw sums
     triplet_weight: float = 0.1         # mode distill+triplet only
     margin: float = 0.2                 # triplet hinge margin
+    warmup_epochs: int = 1              # triplet: epochs over all negatives before the hardest one
     teacher_cache: bool = True          # teacher train embeddings computed once (vs a forward per batch)
     device: str = "auto"
     threads: int = 0                    # torch intra-op threads; 0 = torch's default
@@ -54,7 +55,7 @@ class DistillParams:
     @property
     def loss(self) -> LossConfig:
         return LossConfig(self.mode, self.temperature, self.teacher_temperature, self.triplet_weight,
-                          self.margin)
+                          self.margin, self.warmup_epochs)
 
     def validate(self) -> None:
         self.loss.validate()
@@ -92,8 +93,9 @@ def main() -> None:
     with mlflow_run("student_triplet" if baseline else "distill", {"distill": used, "seed": seed},
                     tracking) as run:
         t0 = time.perf_counter()
-        result = fit(student, make_loss_fn(cfg.loss, teacher), train, lambda m: student_metrics(m, val),
-                     cfg.optim, seed, device, checkpoints, run=run, config=used)
+        loss_fn = StudentLoss(cfg.loss, teacher)
+        result = fit(student, loss_fn, train, lambda m: student_metrics(m, val), cfg.optim, seed, device,
+                     checkpoints, run=run, config=used, on_epoch_start=loss_fn.on_epoch_start)
         train_seconds = time.perf_counter() - t0
         summary = {"val": result.best_metrics, "best_epoch": result.best_epoch,
                    "mode": cfg.loss.mode, "train_seconds": round(train_seconds, 1)}

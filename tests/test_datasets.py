@@ -2,6 +2,10 @@
 through the same functions the stages call (prepare -> open_precomputed -> write_region_features)."""
 import base64
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +18,10 @@ from aladin.datasets import (KarpathyConfig, PrecompConfig, VinvlTsvConfig, eccv
                              write_region_features)
 from aladin.datasets.coco_ids import coco_caption_ids
 from aladin.errors import ConfigError, DataError
-from aladin.store import FeatureStore, StoreWriter
+from aladin.store import FeatureStore, StoreWriter, open_split
 
 CPI = 5
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _prepare(source, cfg, data_dir) -> Dataset:
@@ -175,6 +180,35 @@ def test_precomp_width_mismatch(tmp_path):
     ids = [r.id for r in m.split("test")]
     with pytest.raises(DataError, match=r"testall_ims.npy: regions of width 6, .*precomputed.json says 8"):
         _store_regions(tmp_path, tmp_path / "data", "test", ids)
+
+
+def _stage(name, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_data_and_features_stages_on_precomp(tmp_path):
+    """params.yaml `data.source: precomp` -> data/ (manifest + sidecar) -> feature stores with its regions."""
+    arrays = _precomp(tmp_path / "coco_precomp")
+    (tmp_path / "params.yaml").write_text(
+        f"seed: 0\ndata:\n  source: precomp\n  precomp:\n    root: {tmp_path / 'coco_precomp'}\n"
+        "    test: testall\nfeatures:\n  max_tokens: 12\n  batch_size: 8\n  device: cpu\n")
+    proc = _stage("data", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "metrics" / "data.json").read_text())
+    assert stats["images"] == {"train": 3, "val": 2, "test": 2} and stats["captions"] == 35
+    proc = _stage("features", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    store = open_split(tmp_path / "features", "train")
+    np.testing.assert_allclose(store.regions, arrays["train"], rtol=1e-3, atol=1e-3)
+    assert store.captions[5] == "train image 1 caption 0" and store.tokens.shape[2] == 384
+
+    # The features replaced by a wider release: exit 2, one line naming the file.
+    np.save(tmp_path / "coco_precomp" / "train_ims.npy", np.zeros((3, 4, 16), np.float32))
+    proc = _stage("features", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "train_ims.npy: regions of width 16" in proc.stderr
 
 
 # ---------------------------------------------------------------- VinVL features.tsv

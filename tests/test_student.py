@@ -220,7 +220,8 @@ def test_encode_batched_equals_unbatched_and_restores_mode(tmp_path):
 
 # --- distillation training ----------------------------------------------------------------------
 
-from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, make_loss_fn, student_metrics  # noqa: E402
+from aladin.distillation import (CachedTeacher, LossConfig, OnlineTeacher, StudentLoss,  # noqa: E402
+                                 student_metrics)
 from aladin.training import OptimConfig, fit  # noqa: E402
 
 
@@ -247,14 +248,15 @@ def test_short_run_improves_on_the_untrained_student(tmp_path, mode):
     torch.manual_seed(0)
     student = small_student(dropout=0.0)
     before = student_metrics(student, val)["rsum"]
-    loss_fn = make_loss_fn(LossConfig(mode=mode, temperature=0.1), oracle_teacher(train))
+    loss_fn = StudentLoss(LossConfig(mode=mode, temperature=0.1), oracle_teacher(train))
     batch = train.pair_batch(np.arange(16))
     loss, logs = loss_fn(student, batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert set(logs) == {"distill": {"distill"}, "distill+triplet": {"distill", "triplet"},
                          "triplet": set()}[mode]
     result = fit(student, loss_fn, train, lambda m: student_metrics(m, val),
-                 OptimConfig(epochs=6, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None)
+                 OptimConfig(epochs=6, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None,
+                 on_epoch_start=loss_fn.on_epoch_start)
     assert result.best_metrics["rsum"] > before + 100
 
 
@@ -296,3 +298,16 @@ def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatc
     stage.main()
     assert json.loads((tmp_path / "metrics" / "student_triplet.json").read_text())["mode"] == "triplet"
     assert (tmp_path / "models" / "student_triplet.pt").is_file()
+
+
+def test_triplet_warmup_sums_all_negatives_then_takes_the_hardest():
+    from aladin.losses import positive_mask, triplet_loss
+
+    torch.manual_seed(0)
+    model, batch = small_student(dropout=0.0), random_batch()
+    loss_fn = StudentLoss(LossConfig(mode="triplet", warmup_epochs=1), None)
+    scores, positive = model(batch), positive_mask(batch)
+    loss_fn.on_epoch_start(0)
+    assert loss_fn(model, batch)[0].item() == pytest.approx(triplet_loss(scores, positive, 0.2, False).item())
+    loss_fn.on_epoch_start(1)
+    assert loss_fn(model, batch)[0].item() == pytest.approx(triplet_loss(scores, positive, 0.2, True).item())

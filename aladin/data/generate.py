@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import require
+from ..datasets.config import KarpathyConfig, PrecompConfig, VinvlTsvConfig
 from ..metrics import KS, protocol_metrics
 from .baselines import bow_scores, colour_scores
 from .captions import captions_for
@@ -35,7 +36,7 @@ COCO_TEST_IMAGES = 5000
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["scenes"] = "scenes"
+    source: Literal["scenes", "karpathy", "precomp", "vinvl_tsv"] = "scenes"   # others: aladin/datasets
     n_train: int = 5000
     n_val: int = 1000
     n_test: int = 5000          # the COCO 5K and 1K (5 folds) protocols need exactly 5000
@@ -43,6 +44,9 @@ class DataConfig:
     captions_per_image: int = 5
     family_size: int = 4        # scenes per family (same attribute words, different bindings)
     workers: int = 0            # rendering processes; 0 = one per usable CPU core (same output)
+    karpathy: KarpathyConfig = field(default_factory=KarpathyConfig)      # real datasets (docs/COCO.md)
+    precomp: PrecompConfig = field(default_factory=PrecompConfig)
+    vinvl_tsv: VinvlTsvConfig = field(default_factory=VinvlTsvConfig)
 
     def validate(self) -> None:
         for split in SPLITS:

@@ -27,9 +27,9 @@ from .vinvl import vinvl_records
 
 SOURCES = ("karpathy", "precomp", "vinvl_tsv")
 
-__all__ = ["SOURCES", "KarpathyConfig", "PrecompConfig", "VinvlTsvConfig", "prepare", "dataset_stats", "RegionSource",
-           "open_precomputed", "write_region_features", "load_coco_ids", "eccv_metrics",
-           "eccv_metrics_from_topk"]
+__all__ = ["SOURCES", "KarpathyConfig", "PrecompConfig", "VinvlTsvConfig", "prepare", "dataset_stats",
+           "PRECOMPUTED", "RegionSource", "open_precomputed", "write_region_features", "COCO_IDS",
+           "load_coco_ids", "eccv_metrics", "eccv_metrics_from_topk"]
 
 
 def prepare(source: str, cfg: KarpathyConfig | PrecompConfig | VinvlTsvConfig, captions_per_image: int,
