@@ -201,6 +201,20 @@ def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.d
     return out
 
 
+def sampled_metrics(scores: np.ndarray, store: FeatureStore, n_images: int, caption_queries: np.ndarray,
+                    image_queries: np.ndarray) -> dict[str, float]:
+    """Another model's metrics on exactly the queries :func:`exhaustive_metrics` sampled.
+
+    `scores` is that model's (N_img, N_cap) test matrix; ranks are taken inside fold 0, so the
+    figures compare like for like with the cross-encoder's sampled protocol.
+    """
+    cap_img = store.caption_image
+    gallery_cap = np.flatnonzero(cap_img < n_images)
+    r_t2i = ranks_t2i(scores[:n_images][:, caption_queries], cap_img[caption_queries])
+    r_i2t = _ranks_i2t_rows(scores[image_queries][:, gallery_cap], cap_img[gallery_cap], image_queries)
+    return summarize(r_i2t, r_t2i)
+
+
 def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, device: torch.device | str,
                    batch_size: int = 2048) -> Callable[[int | Batch], np.ndarray]:
     """``search(query) -> (n_images,)`` logits: one text query against the first n_images images.

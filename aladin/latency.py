@@ -104,6 +104,8 @@ class LatencyConfig:
     scaling_kind: Kind = "ivf_flat"      # the approximate index timed beside flat as N grows
     scaling_nlist: int = 256
     scaling_nprobe: int = 16
+    cross_queries: int = 3               # fixed query sample for the cross-encoder (one pass per pair)
+    cross_sizes: list[int] = field(default_factory=lambda: [1000, 5000])
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -115,6 +117,8 @@ class LatencyConfig:
             require(len(getattr(self, name)) > 0 and min(getattr(self, name)) > 0, name, "must be positive sizes")
         require(all(kd in KINDS for kd in self.index_kinds), "index_kinds", f"must be among {list(KINDS)}")
         require(self.noise >= 0, "noise", "must be >= 0")
+        require(self.cross_queries > 0 and min(self.cross_sizes, default=1) > 0, "cross_queries",
+                "cross_queries and cross_sizes must be > 0")
         require(0 < self.scaling_nprobe <= self.scaling_nlist <= min(self.sizes), "scaling_nprobe",
                 "need 0 < scaling_nprobe <= scaling_nlist <= the smallest size")
 
@@ -230,3 +234,27 @@ def run_latency(retr: Retriever, cfg: LatencyConfig, seed: int, rerank_k: int,
                                "synthetic": n > n_base, **row})
         del index, coll
     return out
+
+
+def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, cfg: LatencyConfig, seed: int) -> list[dict[str, Any]]:
+    """Text-query latency of the cross-encoder: raw text -> backbone -> one joint pass per image.
+
+    Real test images only (sizes past the test set are skipped): its cost is one transformer
+    pass per pair, so a fixed sample of `cross_queries` queries is timed.
+    """
+    from .cross_eval import text_search_fn
+
+    store = retr.store
+    queries = [store.captions[j] for j in _sample(store.n_captions, cfg.cross_queries, seed)]
+    rows = []
+    for n in sorted(n for n in set(cfg.cross_sizes) if n <= store.n_images):
+        search_fn = text_search_fn(model, store, n, next(model.parameters()).device)
+
+        def query(q: str) -> np.ndarray:
+            scores = torch.as_tensor(search_fn(text_batch(retr.text_backbone, [q])))
+            return torch.topk(scores, min(cfg.k, n)).indices.numpy()
+        row = per_query(query, queries, min(cfg.warmup, 1))
+        rows.append({"method": "cross_encoder", "query": "text", "n_images": n, "synthetic": False, **row})
+        logging.getLogger("aladin").info("cross-encoder, %d images: %.1f ms (p50, %d queries)",
+                                         n, row["p50_ms"], len(queries))
+    return rows

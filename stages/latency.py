@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from aladin.config import load_section, shared_seed  # noqa: E402
+from aladin.cross_eval import load_cross  # noqa: E402
 from aladin.errors import DataError  # noqa: E402
 from aladin.io import atomic_path, read_json, write_json  # noqa: E402
-from aladin.latency import LatencyConfig, fix_threads, run_latency  # noqa: E402
+from aladin.latency import LatencyConfig, cross_encoder_rows, fix_threads, run_latency  # noqa: E402
 from aladin.retriever import Retriever  # noqa: E402
 from aladin.runtime import resolve_device, run_stage  # noqa: E402
 from aladin.tracking import TrackingConfig, mlflow_run  # noqa: E402
@@ -29,6 +30,7 @@ from aladin.tracking import TrackingConfig, mlflow_run  # noqa: E402
 log = logging.getLogger("aladin")
 EVAL, RERANK_QUALITY = Path("metrics/eval.json"), Path("plots/rerank_quality.csv")
 OUT, PLOTS = Path("metrics/latency.json"), Path("plots")
+CROSS = Path("models/cross.pt")
 
 
 def _p50(rows: list[dict], method: str, n: int) -> float | None:
@@ -93,17 +95,24 @@ def main() -> None:
         raise DataError(f"{RERANK_QUALITY}: not found (run the evaluate stage)")
     quality = pd.read_csv(RERANK_QUALITY)
     rerank_k = int(ev["two_stage"]["rerank_k"])
-    retr = Retriever(device=resolve_device(cfg.device), rerank_k=rerank_k)
+    device = resolve_device(cfg.device)
+    retr = Retriever(device=device, rerank_k=rerank_k)
     files = [Path(f) for f in retr.store.image_files]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: test image not found ({len(missing)} missing); run the data stage")
     res = run_latency(retr, cfg, seed, rerank_k, quality["rerank_k"].tolist(), files)
+    cross = load_cross(CROSS, device)
+    if cross is not None:
+        res["scaling"] += cross_encoder_rows(retr, cross, cfg, seed)
 
     t = res["text"]
     teacher = {n: _p50(res["scaling"], "teacher", n) for n in (5000, 100000)}
-    student = {n: _p50(res["scaling"], "student_flat", n) for n in (5000, 100000)}
+    student = {n: _p50(res["scaling"], "student_flat", n) for n in (1000, 5000, 100000)}
+    cross = {n: _p50(res["scaling"], "cross_encoder", n) for n in (1000, 5000)}
     summary = {
+        "speedup_cross_vs_student_1k": _ratio(cross[1000], student[1000]),
+        "speedup_cross_vs_student_5k": _ratio(cross[5000], student[5000]),
         "speedup_teacher_vs_student_5k": _ratio(teacher[5000], student[5000]),
         "speedup_teacher_vs_student_100k": _ratio(teacher[100000], student[100000]),
         "two_stage_latency_vs_student": t["two_stage"]["p50_ms"] / t["student"]["p50_ms"],
@@ -118,6 +127,8 @@ def main() -> None:
                   "synthetic": "collections past the test set are perturbed copies of the test embeddings "
                                f"(noise {cfg.noise}); the teacher rescores the real set chunk by chunk",
                   "teacher": f"exhaustive scoring timed on a fixed sample of {cfg.teacher_queries} queries",
+                  "cross_encoder": f"one joint pass per (query, image) pair, timed on a fixed sample of "
+                                   f"{cfg.cross_queries} queries, real test images only",
                   "image_queries": "decoded test images (PIL), resized and encoded by the vision backbone"}}
     depths = pd.DataFrame(res["rerank"]).rename(columns=lambda c: c if c == "rerank_k" else f"e2e_{c}")
     depths = depths.merge(quality, on="rerank_k")
