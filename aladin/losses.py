@@ -74,3 +74,8 @@ def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor
         return -(t.softmax(dim) * log_q).sum(dim).mean()
 
     return cross_entropy(1) + cross_entropy(0)
+
+
+def pair_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-encoder: binary cross-entropy of pair match logits (B,) against labels 1 (match) / 0."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

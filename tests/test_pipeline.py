@@ -28,10 +28,12 @@ TINY = {
     "cross": {"optim": {"epochs": 1, "batch_size": 8}, "select_images": 8, "eval_images": 8,
               "eval_text_queries": 8, "eval_image_queries": 4, "device": "cpu", "threads": 1},
     "index": {"nlist": 2, "nprobe": 1, "pq_m": 8, "device": "cpu"},
-    "evaluate": {"rerank_k": 4, "rerank_depths": [2, 4], "device": "cpu", "threads": 1},
+    "evaluate": {"rerank_k": 10, "rerank_depths": [10], "cross_fold_images": 8, "cross_text_queries": 8,
+                 "cross_image_queries": 4, "device": "cpu", "threads": 1},
     "latency": {"n_queries": 3, "n_image_queries": 2, "teacher_queries": 2, "warmup": 1,
                 "throughput_queries": 8, "batch_size": 4, "sizes": [8, 64], "teacher_sizes": [8, 64],
-                "image_query_sizes": [8, 64], "scaling_nlist": 4, "scaling_nprobe": 2},
+                "image_query_sizes": [8, 64], "scaling_nlist": 4, "scaling_nprobe": 2,
+                "cross_queries": 2, "cross_sizes": [8], "index_kinds": ["flat", "hnsw"]},
 }
 
 
