@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aladin.cross_eval import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, rerank,
-                               subsample_queries, text_search_fn)
+                               sampled_metrics, subsample_queries, text_search_fn)
 from aladin.errors import ConfigError
 from aladin.io import read_json
 from aladin.losses import pair_bce_loss
@@ -182,6 +182,19 @@ def test_exhaustive_metrics_full_and_subsampled_agree_with_reference(tmp_path):
     assert sub["t2i_meanr"] == pytest.approx(np.mean(r_t2i))
     best = [(s[i] > s[i, store.caption_image[:12] == i].max()).sum() + 1 for i in iq]
     assert sub["i2t_r1"] == pytest.approx(100 * np.mean(np.array(best) <= 1))
+
+
+def test_sampled_metrics_of_a_score_matrix_equal_the_cross_encoders_own(tmp_path):
+    # Another model's full test matrix, read on the cross-encoder's sampled queries, must give
+    # exactly what exhaustive_metrics reports when that model is the cross-encoder itself.
+    store = write_store(tmp_path / "test", 8, per_image=2)
+    m = small_model(seed=12)
+    sub = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=5, image_queries=3, seed=4)
+    cq, iq = subsample_queries(store, 6, 5, 3, seed=4)
+    full = cross_scores(m, store, np.arange(8), np.arange(16), "cpu")       # the whole test set
+    got = sampled_metrics(full, store, 6, cq, iq)
+    for k, v in got.items():
+        assert sub[k] == pytest.approx(v), k
 
 
 def test_pair_scorers_read_like_the_score_matrix_and_drop_empty_slots(tmp_path):
