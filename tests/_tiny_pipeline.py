@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from aladin.data.manifest import ImageRecord, write_dataset
-from aladin.distillation import LossConfig, make_loss_fn, student_metrics
+from aladin.distillation import LossConfig, StudentLoss, student_metrics
 from aladin.encode import encode_images, encode_texts
 from aladin.features import FeaturesConfig, extract_features
 from aladin.index import IndexConfig, save_index_dir, sha256_file
@@ -95,9 +95,10 @@ def build_tiny_pipeline(root: Path, epochs: int = 12) -> Path:
 
     cfg = MatchingHead.Config(d_model=64, layers=1, heads=2, ff=128, dropout=0.0, dim=64)
     student = build_model("matching", cfg, d_img, d_txt)
-    fit(student, make_loss_fn(LossConfig(mode="triplet"), None), train,
+    loss = StudentLoss(LossConfig(mode="triplet", warmup_epochs=0), None)
+    fit(student, loss, train,
         validate=lambda m: student_metrics(m, val), optim_cfg=OptimConfig(epochs=epochs, batch_size=32, lr=1e-3),
-        seed=SEED, device="cpu", checkpoint_dir=None)
+        seed=SEED, device="cpu", checkpoint_dir=None, on_epoch_start=loss.on_epoch_start)
     models = root / "models"
     save_checkpoint(models / "student.pt", student, "matching", cfg)
     teacher_cfg = AlignmentConfig(d=32, layers=0, heads=4, ff=64)
