@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -118,20 +118,26 @@ class Retriever:
         return self.teacher.score(img, img_mask, txt, txt_mask)[0].float().cpu().numpy()
 
     # -- search ------------------------------------------------------------------------------------
+    def _ranked(self, scores: np.ndarray, ids: np.ndarray, k: int,
+                rescore: Callable[[np.ndarray], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """One query's index hits (empty slots dropped), re-ordered by `rescore` when given; top k."""
+        s, i = scores[ids >= 0], ids[ids >= 0]
+        if rescore is not None:
+            s = rescore(i)
+            order = np.argsort(-s, kind="stable")
+            s, i = s[order], i[order]
+        return s[:k], i[:k]
+
     def search_texts(self, queries: Sequence[str], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
         """Ranked images for each caption query."""
         batch, emb = self.encode_texts(queries)
         scores, ids = search(self.index.images, emb, max(k, self.rerank_k) if rerank else k)
         out = []
         for row in range(len(queries)):
-            s, i = scores[row], ids[row]
-            s, i = s[i >= 0], i[i >= 0]
-            if rerank:
-                s = self.teacher_scores_images(batch, row, i)
-                order = np.argsort(-s, kind="stable")
-                s, i = s[order], i[order]
+            rescore = (lambda i, row=row: self.teacher_scores_images(batch, row, i)) if rerank else None
+            s, i = self._ranked(scores[row], ids[row], k, rescore)
             out.append([Hit(r + 1, int(j), self.store.image_ids[j], float(v), file=self.store.image_files[j])
-                        for r, (j, v) in enumerate(zip(i[:k], s[:k]))])
+                        for r, (j, v) in enumerate(zip(i, s))])
         return out
 
     def search_images(self, images: Sequence[Image.Image], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
@@ -140,14 +146,10 @@ class Retriever:
         scores, ids = search(self.index.captions, emb, max(k, self.rerank_k) if rerank else k)
         out = []
         for row in range(len(images)):
-            s, i = scores[row], ids[row]
-            s, i = s[i >= 0], i[i >= 0]
-            if rerank:
-                s = self.teacher_scores_captions(batch, row, i)
-                order = np.argsort(-s, kind="stable")
-                s, i = s[order], i[order]
+            rescore = (lambda i, row=row: self.teacher_scores_captions(batch, row, i)) if rerank else None
+            s, i = self._ranked(scores[row], ids[row], k, rescore)
             out.append([Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(v),
-                            text=self.store.captions[j]) for r, (j, v) in enumerate(zip(i[:k], s[:k]))])
+                            text=self.store.captions[j]) for r, (j, v) in enumerate(zip(i, s))])
         return out
 
     def search_text(self, query: str, k: int = 10, rerank: bool = False) -> list[Hit]:

@@ -58,7 +58,7 @@ K = 10                           # student top-k for the index row: R@1/5/10 nee
 class EvaluateParams:
     rerank_k: int = 20                                                  # two-stage candidates per query
     rerank_depths: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100])   # trade-off sweep, 5K
-    chunk_mb: int = 256                                                 # teacher scoring working set
+    chunk_mb: float = 2.0                                               # teacher similarity block (cache-sized is fastest)
     batch_size: int = 256
     cross_fold_images: int = 1000                                       # cross-encoder: fold 0 size
     cross_text_queries: int = 100                                       # sampled, each vs the fold's images
