@@ -136,7 +136,3 @@ def require(cond: bool, field: str, message: str) -> None:
 def load_section(cls: type[T], name: str, path: str | os.PathLike = PARAMS_FILE) -> T:
     """Read section `name` of params.yaml into dataclass `cls`."""
     return from_dict(cls, section(name, path), name)
-
-
-def asdict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
