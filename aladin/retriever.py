@@ -48,7 +48,8 @@ class Retriever:
         p = self.store.manifest.get("params", {})
         try:
             self.text_backbone = load_text_backbone(p["text_backbone"], p["max_tokens"], self.device)
-            self.vision_backbone = load_vision_backbone(p["vision_backbone"], p["image_size"], self.device)
+            self.vision_backbone = load_vision_backbone(p["vision_backbone"], p["image_size"], self.device,
+                                                         p.get("efficientnet_blocks", []))  # older stores: head map
         except KeyError as e:
             raise DataError(f"{self.store.path}/manifest.json: params lack {e}, cannot rebuild the backbones")
         self.student = load_model(student, self.device, kind="matching")

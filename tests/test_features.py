@@ -122,6 +122,31 @@ def test_packaged_backbones_load_offline_and_quietly(vision, text, capfd):
     np.testing.assert_allclose(alone[0], tokens[0, :5], atol=1e-4)
 
 
+def test_hypercolumn_regions_are_pooled_block_outputs():
+    """Reference: forward hooks on the library's own forward pass, pooled to the 2x2 grid by hand."""
+    hyper = load_vision_backbone("efficientnet-lite0", 64, "cpu", [4, 7, 10, 14])
+    assert hyper.dim == 40 + 80 + 112 + 192 and "hypercolumn" in hyper.info["regions"]
+    outputs = {}
+    hooks = [hyper.model._blocks[b].register_forward_hook(lambda m, i, o, b=b: outputs.__setitem__(b, o))
+             for b in (4, 7, 10, 14)]
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    x = (pixels.float() - hyper._mean) / hyper._std
+    with torch.no_grad():
+        hyper.model.extract_features(x)
+    for h in hooks:
+        h.remove()
+    expected = []
+    for b in (4, 7, 10, 14):
+        o = outputs[b]                                               # (2, C, s, s), s in {8, 4, 2}
+        k = o.shape[-1] // 2
+        cells = o.unfold(2, k, k).unfold(3, k, k).mean((-1, -2))     # (2, C, 2, 2): mean of each cell
+        expected.append(cells.flatten(2).transpose(1, 2))           # (2, 4, C), row-major
+    torch.testing.assert_close(hyper.encode(pixels), torch.cat(expected, -1), atol=1e-4, rtol=1e-4)
+    for bad in ([14, 4], [4, 4], [16], [-1]):
+        with pytest.raises(ConfigError, match="features.efficientnet_blocks"):
+            load_vision_backbone("efficientnet-lite0", 64, "cpu", bad)
+
+
 def test_query_batches_match_backbone_calls(vision, text):
     tb = text_batch(text, CAPTIONS[:3])
     tokens, counts = text(CAPTIONS[:3])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,6 +41,7 @@ SORT_WINDOW = 32  # caption batches sorted by length together
 @dataclass(frozen=True)
 class FeaturesConfig:
     vision_backbone: str = "efficientnet-lite0"   # or a local Hugging Face vision model directory
+    efficientnet_blocks: list[int] = field(default_factory=lambda: [4, 7, 10, 14])  # hypercolumn; [] = head map
     text_backbone: str = "all-MiniLM-L6-v2"       # or a local Hugging Face BERT-like model directory
     image_size: int = 128                         # backbone input side (pixels)
     max_tokens: int = 32                          # word pieces per caption, [CLS] and [SEP] included
@@ -177,7 +178,8 @@ def extract_features(cfg: FeaturesConfig, dataset_path: Path, out_dir: Path, dev
     precomputed = open_precomputed(dataset_path.parent)
     if precomputed is None:
         log.info("loading vision backbone %s on %s", cfg.vision_backbone, device)
-        vision: VisionBackbone | RegionSource = load_vision_backbone(cfg.vision_backbone, cfg.image_size, device)
+        vision: VisionBackbone | RegionSource = load_vision_backbone(cfg.vision_backbone, cfg.image_size, device,
+                                                                      cfg.efficientnet_blocks)
         vision_info = vision.info
     else:
         log.info("image regions: precomputed (%s), features.vision_backbone unused", dataset_path.parent / PRECOMPUTED)
