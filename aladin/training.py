@@ -5,6 +5,13 @@ all call :func:`fit` with their own loss and validation.
 Determinism: each epoch reseeds the shuffle and torch's RNG (dropout) from (seed, epoch), and
 the ``last`` checkpoint holds model, optimiser, best state and history, so a run resumed at an
 epoch boundary ends with exactly the weights of an uninterrupted run.
+
+Multi-process (under torchrun, see :mod:`aladin.distributed`): every rank draws the same epoch
+permutation and each global step gives rank r the r-th shard of ``batch_size x world_size``
+pairs, so ``batch_size`` stays the per-process in-batch negative set and each rank's loss is the
+single-process loss of its shard. DistributedDataParallel averages the gradients (clipping sees
+the average); rank 0 alone validates, selects, checkpoints and logs, then shares the epoch's row
+and finally the best weights with the other ranks. A single process takes none of these paths.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +29,12 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import distributed
 from .config import require
-from .errors import AladinError
+from .errors import AladinError, DataError
 from .io import atomic_path
 from .store import Batch, FeatureStore
 
@@ -67,8 +77,39 @@ class FitResult:
     history: list[dict[str, float]]   # one row per epoch: epoch, lr, train_loss, train_*, val metrics
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    # Rank 0 keeps the single-process seed; other ranks draw their own dropout masks.
+    entropy = [seed, epoch] if rank == 0 else [seed, epoch, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def epoch_batches(order: np.ndarray, batch_size: int, world_size: int = 1, rank: int = 0) -> list[np.ndarray]:
+    """This rank's batch of each global step: step i splits ``order[i*B*W:(i+1)*B*W]`` into W
+    contiguous shards (the last step's shards may be smaller, but equal up to one pair). A step
+    whose shards would hold fewer than 2 pairs is dropped: a lone pair has no negatives."""
+    step = batch_size * world_size
+    chunks = [order[i:i + step] for i in range(0, len(order), step)]
+    return [np.array_split(c, world_size)[rank] for c in chunks if len(c) // world_size >= 2]
+
+
+class LossModule(nn.Module):
+    """loss_fn(model, batch) as a module, so DistributedDataParallel sees every forward pass the
+    loss makes (teacher scores, student embeddings, cross-encoder mining alike) and syncs their
+    gradients."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, batch)
+
+
+def _rank_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean over ranks of each value (same keys on every rank)."""
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(values, (t / distributed.world_size()).tolist()))
 
 
 def data_fingerprint(store: FeatureStore) -> dict[str, Any]:
@@ -88,11 +129,13 @@ def _state_hash(model: nn.Module) -> str:
 
 
 def fingerprint(model: nn.Module, train_store: FeatureStore, optim_cfg: OptimConfig, seed: int,
-                config: dict[str, Any] | None) -> str:
+                config: dict[str, Any] | None, world_size: int = 1) -> str:
     """Hash of everything a resumed run must share with the interrupted one."""
-    blob = json.dumps({"optim": dataclasses.asdict(optim_cfg), "seed": seed, "config": config,
-                       "data": data_fingerprint(train_store), "init": _state_hash(model)},
-                      sort_keys=True, default=str)
+    key = {"optim": dataclasses.asdict(optim_cfg), "seed": seed, "config": config,
+           "data": data_fingerprint(train_store), "init": _state_hash(model)}
+    if world_size > 1:                  # the global batch and each rank's shards depend on it
+        key["world_size"] = world_size
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -124,24 +167,34 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
     fingerprint so a checkpoint of other params is never resumed. `on_epoch_start(epoch)` runs
     before each epoch's training (e.g. a loss schedule); `on_epoch_end(epoch, row)` after the
     epoch's checkpoint is written (tests use it to simulate an interruption).
+
+    In a torchrun process group (:func:`aladin.distributed.setup`) every rank calls fit alike;
+    `validate`, `run` and the checkpoint are used by rank 0 only, and every rank returns the same
+    weights and FitResult.
     """
     device = torch.device(device)
     model.to(device)
+    ddp, rank, world = distributed.is_distributed(), distributed.rank(), distributed.world_size()
+    main = rank == 0
     last_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    fp = fingerprint(model, train_store, optim_cfg, seed, config)
+    fp = fingerprint(model, train_store, optim_cfg, seed, config, world)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
     start, history = 0, []
     best_metrics: dict[str, float] = {}
     best_epoch, best_state = -1, copy.deepcopy(model.state_dict())
-    ckpt = _load_last(last_path, fp) if last_path is not None else None
+    ckpt = _load_last(last_path, fp) if last_path is not None and main else None
+    ckpt = distributed.broadcast_object(ckpt)                    # rank 0 reads it, every rank resumes
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start, history = ckpt["epoch"] + 1, ckpt["history"]
         best_metrics, best_epoch, best_state = ckpt["best_metrics"], ckpt["best_epoch"], ckpt["best_state"]
         log.info("resuming from %s after epoch %d", last_path, ckpt["epoch"])
+    net: nn.Module = LossModule(model, loss_fn)
+    if ddp:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     n = train_store.n_captions
     for epoch in range(start, optim_cfg.epochs):
@@ -151,52 +204,62 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         es = epoch_seed(seed, epoch)
-        torch.manual_seed(es)                                    # dropout
-        order = np.random.default_rng(es).permutation(n)
-        batches = [order[i:i + optim_cfg.batch_size] for i in range(0, n, optim_cfg.batch_size)]
-        batches = [b for b in batches if len(b) >= 2]            # a lone pair has no negatives
+        torch.manual_seed(epoch_seed(seed, epoch, rank))          # dropout
+        order = np.random.default_rng(es).permutation(n)         # the same on every rank
+        batches = epoch_batches(order, optim_cfg.batch_size, world, rank)
+        if not batches:
+            raise DataError(f"{train_store.path}: {n} pairs do not fill one step of 2 pairs per process")
 
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{optim_cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{optim_cfg.epochs}", unit="batch", leave=False,
+                   disable=not main)
         for idx in bar:
             batch = train_store.pair_batch(idx).to(device)
-            loss, logs = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise AladinError(f"epoch {epoch}: loss became {loss.item()}; lower lr or set grad_clip")
+            loss, logs = net(batch)
+            values = {"loss": loss.item(), **logs}
+            if ddp:                                              # every rank sees (and checks) the mean
+                values = _rank_mean(values, device)
+            if not math.isfinite(values["loss"]):
+                raise AladinError(f"epoch {epoch}: loss became {values['loss']}; lower lr or set grad_clip")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()                                      # DDP: gradients averaged over ranks here
             if optim_cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip)
             opt.step()
-            for k, v in {"loss": loss.item(), **logs}.items():
+            for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
 
-        model.eval()
-        with torch.no_grad():
-            val = validate(model)
-        model.train()
-        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v / len(batches) for k, v in sums.items()},
-               **{f"val_{k}": float(v) for k, v in val.items()}}
-        history.append(row)
-        if select_metric not in val:
-            raise KeyError(f"validate() returned no {select_metric!r} (got {', '.join(val)})")
-        if best_epoch < 0 or val[select_metric] > best_metrics[select_metric]:
-            best_metrics, best_epoch = {k: float(v) for k, v in val.items()}, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        log.info("epoch %d: train loss %.4f, val %s %.2f (best %.2f at epoch %d)", epoch,
-                 row["train_loss"], select_metric, val[select_metric], best_metrics[select_metric], best_epoch)
-        if run is not None:
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if last_path is not None:
-            with atomic_path(last_path) as tmp:
-                torch.save({"fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "history": history, "best_metrics": best_metrics,
-                            "best_epoch": best_epoch, "best_state": best_state}, tmp)
+        if main:
+            model.eval()
+            with torch.no_grad():
+                val = validate(model)
+            model.train()
+            row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v / len(batches) for k, v in sums.items()},
+                   **{f"val_{k}": float(v) for k, v in val.items()}}
+            history.append(row)
+            if select_metric not in val:
+                raise KeyError(f"validate() returned no {select_metric!r} (got {', '.join(val)})")
+            if best_epoch < 0 or val[select_metric] > best_metrics[select_metric]:
+                best_metrics, best_epoch = {k: float(v) for k, v in val.items()}, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            log.info("epoch %d: train loss %.4f, val %s %.2f (best %.2f at epoch %d)", epoch,
+                     row["train_loss"], select_metric, val[select_metric], best_metrics[select_metric], best_epoch)
+            if run is not None:
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            if last_path is not None:
+                with atomic_path(last_path) as tmp:
+                    torch.save({"fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "history": history, "best_metrics": best_metrics,
+                                "best_epoch": best_epoch, "best_state": best_state}, tmp)
+        # The other ranks wait here for rank 0's validation, then share its record.
+        history, best_metrics, best_epoch = distributed.broadcast_object((history, best_metrics, best_epoch))
         if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+            on_epoch_end(epoch, history[-1])
 
-    model.load_state_dict(best_state)
+    if main:
+        model.load_state_dict(best_state)
+    distributed.broadcast_module(model)
     model.eval()
     return FitResult(best_metrics=best_metrics, best_epoch=best_epoch, history=history)

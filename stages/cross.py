@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from aladin import distributed  # noqa: E402
 from aladin.config import load_section, require, shared_seed  # noqa: E402
 from aladin.cross_eval import exhaustive_metrics, save_skipped  # noqa: E402
 from aladin.io import atomic_path, write_json  # noqa: E402
@@ -52,6 +53,7 @@ class CrossParams:
     eval_batch_size: int = 2048     # pairs per transformer pass when scoring
     device: str = "auto"
     threads: int = 0                # torch intra-op threads; 0 = torch's default
+    nproc: int = 1                  # DDP processes (torchrun); optim.batch_size is per process
 
     def validate(self) -> None:
         require(self.mine_candidates >= 1, "mine_candidates", "must be >= 1")
@@ -61,6 +63,7 @@ class CrossParams:
             require(getattr(self, name) >= 2, name, "must be >= 2")
         for name in ("eval_text_queries", "eval_image_queries", "threads"):
             require(getattr(self, name) >= 0, name, "must be >= 0")
+        require(self.nproc >= 1, "nproc", "must be >= 1")
 
 
 def numeric(metrics: dict) -> dict[str, float]:
@@ -76,10 +79,11 @@ def main() -> None:
             pd.DataFrame(columns=["epoch"]).to_csv(tmp, index=False)
         log.info("cross: disabled, wrote skipped markers")
         return
+    distributed.relaunch(cfg.nproc, cfg.device, __file__, sys.argv[1:], "cross.nproc")
     seed = shared_seed()
     tracking = load_section(TrackingConfig, "tracking")
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device), cfg.nproc, "cross.nproc")
     train, val = open_split(FEATURES, "train"), open_split(FEATURES, "val")
     select_images = min(cfg.select_images, val.n_images)
     eval_images = min(cfg.eval_images, val.n_images)
@@ -97,11 +101,14 @@ def main() -> None:
         return numeric(exhaustive_metrics(model, val, device, select_images, 0, 0, seed, cfg.eval_batch_size))
 
     used = dataclasses.asdict(cfg)
+    tracking = tracking if distributed.is_main() else None     # one MLflow run, rank 0's
     with mlflow_run("cross", {"cross": used, "seed": seed}, tracking) as run:
         t0 = time.perf_counter()
         result = fit(model, loss_fn, train, validate, cfg.optim, seed, device, Path("checkpoints") / "cross",
                      run=run, config=used)
         train_seconds = time.perf_counter() - t0
+        if not distributed.is_main():       # rank 0 evaluates and writes the outputs
+            return
         final = exhaustive_metrics(model, val, device, eval_images, cfg.eval_text_queries,
                                    cfg.eval_image_queries, seed, cfg.eval_batch_size)
         summary = {

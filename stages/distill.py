@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
+from aladin import distributed  # noqa: E402
 from aladin.config import load_section, require, shared_seed  # noqa: E402
 from aladin.distillation import LossConfig, Mode, StudentLoss, student_metrics, teacher_scorer  # noqa: E402
 from aladin.io import atomic_path, write_json  # noqa: E402
@@ -35,7 +36,7 @@ log = logging.getLogger("aladin")
 FEATURES = Path("features")
 TEACHER = Path("models/teacher.pt")
 # The keys the triplet baseline depends on (declared as its params in dvc.yaml).
-BASELINE_KEYS = ("model", "optim", "margin", "warmup_epochs", "device", "threads")
+BASELINE_KEYS = ("model", "optim", "margin", "warmup_epochs", "device", "threads", "nproc")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class DistillParams:
     teacher_cache: bool = True          # teacher train embeddings computed once (vs a forward per batch)
     device: str = "auto"
     threads: int = 0                    # torch intra-op threads; 0 = torch's default
+    nproc: int = 1                      # DDP processes (torchrun); optim.batch_size is per process
 
     @property
     def loss(self) -> LossConfig:
@@ -60,6 +62,7 @@ class DistillParams:
     def validate(self) -> None:
         self.loss.validate()
         require(self.threads >= 0, "threads", "must be >= 0")
+        require(self.nproc >= 1, "nproc", "must be >= 1")
 
 
 def main() -> None:
@@ -70,12 +73,13 @@ def main() -> None:
     name = "student_triplet" if baseline else "student"
 
     cfg = load_section(DistillParams, "distill")
+    distributed.relaunch(cfg.nproc, cfg.device, __file__, sys.argv[1:], "distill.nproc")
     if baseline:
         cfg = dataclasses.replace(cfg, mode="triplet")
     seed = shared_seed()
     tracking = load_section(TrackingConfig, "tracking")
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device), cfg.nproc, "distill.nproc")
     train, val = open_split(FEATURES, "train"), open_split(FEATURES, "val")
 
     seed_everything(seed)
@@ -91,12 +95,14 @@ def main() -> None:
     used = {k: used[k] for k in BASELINE_KEYS} if baseline else used
     checkpoints = Path("checkpoints") / name
     with mlflow_run("student_triplet" if baseline else "distill", {"distill": used, "seed": seed},
-                    tracking) as run:
+                    tracking if distributed.is_main() else None) as run:
         t0 = time.perf_counter()
         loss_fn = StudentLoss(cfg.loss, teacher)
         result = fit(student, loss_fn, train, lambda m: student_metrics(m, val), cfg.optim, seed, device,
                      checkpoints, run=run, config=used, on_epoch_start=loss_fn.on_epoch_start)
         train_seconds = time.perf_counter() - t0
+        if not distributed.is_main():       # rank 0 writes the outputs
+            return
         summary = {"val": result.best_metrics, "best_epoch": result.best_epoch,
                    "mode": cfg.loss.mode, "train_seconds": round(train_seconds, 1)}
         if teacher is not None:

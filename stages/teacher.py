@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aladin import distributed  # noqa: E402
 from aladin.config import load_section, require, shared_seed  # noqa: E402
 from aladin.errors import DataError  # noqa: E402
 from aladin.io import atomic_path, write_json  # noqa: E402
@@ -43,12 +44,14 @@ class TeacherParams:
     score_chunk_mb: float = 2.0    # similarity block per scoring step (cache-sized is fastest)
     device: str = "auto"
     threads: int = 0               # torch intra-op threads; 0 = torch default
+    nproc: int = 1                 # DDP processes (torchrun); optim.batch_size is per process
 
     def validate(self) -> None:
         require(self.margin >= 0, "margin", "must be >= 0")
         require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         require(self.score_chunk_mb > 0, "score_chunk_mb", "must be > 0")
         require(self.threads >= 0, "threads", "must be >= 0")
+        require(self.nproc >= 1, "nproc", "must be >= 1")
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -61,10 +64,11 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 def main() -> None:
     p = load_section(TeacherParams, "teacher")
+    distributed.relaunch(p.nproc, p.device, __file__, sys.argv[1:], "teacher.nproc")
     seed = shared_seed()
     tracking = load_section(TrackingConfig, "tracking")
     set_threads(p.threads)
-    device = resolve_device(p.device)
+    device = distributed.setup(resolve_device(p.device), p.nproc, "teacher.nproc")
     train, val = open_split(FEATURES, "train"), open_split(FEATURES, "val")
     for key in ("d_img", "d_txt"):
         if train.manifest[key] != val.manifest[key]:
@@ -85,9 +89,11 @@ def main() -> None:
         return retrieval_metrics(score_store(model, val, device, p.score_chunk_mb, progress=False), val.caption_image)
 
     params = {"seed": seed, "teacher": asdict(p)}
-    with mlflow_run("teacher", params, tracking) as run:
+    with mlflow_run("teacher", params, tracking if distributed.is_main() else None) as run:
         result = fit(model, loss_fn, train, validate, p.optim, seed, device, CHECKPOINTS, run, "rsum",
                      config=params, on_epoch_start=on_epoch_start)
+        if not distributed.is_main():       # rank 0 writes the outputs
+            return
         save_checkpoint(MODEL, model.cpu(), "alignment", p.model,
                         extra={"val": result.best_metrics, "epoch": result.best_epoch, "seed": seed})
         write_json(METRICS, {"val": result.best_metrics, "best_epoch": result.best_epoch})
