@@ -3,7 +3,7 @@
     python benchmarks/distill_teacher.py [--steps 10] [--rounds 2] [--threads 2]
 
 Uses features/train and models/teacher.pt when present, else a synthetic split of the default
-shapes (1,000 images x 16 regions x 1280-d, 5 captions each x 15 tokens x 384-d) and an untrained
+shapes (1,000 images x 16 regions x 424-d, 5 captions each x 15 tokens x 384-d) and an untrained
 teacher of the default AlignmentModel config (timings do not depend on the weights). Prints, per
 strategy: setup (the cache build, scaled to the whole split), seconds per student training step
 with its teacher scores, and the projected cost of `distill.optim.epochs` epochs on that split. Each figure is
@@ -30,12 +30,15 @@ from aladin.models.factory import build_model, load_model  # noqa: E402
 from aladin.store import FeatureStore, StoreWriter, open_split  # noqa: E402
 
 
+D_IMG, D_TXT = 424, 384      # the default store: EfficientNet hypercolumns, MiniLM tokens
+
+
 def synthetic_store(path: Path, n: int = 1000, regions: int = 16, tokens: int = 15) -> FeatureStore:
     rng = np.random.default_rng(0)
-    with StoreWriter(path, n, regions, 1280, 5 * n, 32, 384) as w:
-        w.write_images(0, rng.normal(size=(n, regions, 1280)).astype(np.float16),
+    with StoreWriter(path, n, regions, D_IMG, 5 * n, 32, D_TXT) as w:
+        w.write_images(0, rng.normal(size=(n, regions, D_IMG)).astype(np.float16),
                        rng.random((n, regions, 6)).astype(np.float32), np.full(n, regions))
-        w.write_captions(0, rng.normal(size=(5 * n, tokens, 384)).astype(np.float16),
+        w.write_captions(0, rng.normal(size=(5 * n, tokens, D_TXT)).astype(np.float16),
                          rng.integers(tokens - 5, tokens + 1, 5 * n))
         w.finish([str(i) for i in range(n)], [""] * n, [""] * 5 * n, np.repeat(np.arange(n), 5), {})
     return open_split(path.parent, path.name)
@@ -57,7 +60,7 @@ def main() -> None:
         store, teacher, source = open_split("features", "train"), load_model("models/teacher.pt"), "features/train"
     else:
         store = synthetic_store(Path(tmp.name) / "train")
-        teacher = build_model("alignment", {}, 1280, 384).eval()
+        teacher = build_model("alignment", {}, D_IMG, D_TXT).eval()
         source = "synthetic (features/train or models/teacher.pt missing)"
     torch.manual_seed(0)
     student = build_model("matching", distill.get("model", {}), store.manifest["d_img"], store.manifest["d_txt"])
