@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aladin.features import load_text_backbone, load_vision_backbone  # noqa: E402
+from aladin.features import FeaturesConfig, load_text_backbone, load_vision_backbone  # noqa: E402
 from aladin.features.extract import caption_windows, extract_captions, extract_images  # noqa: E402
 from aladin.features.vision import load_pixels  # noqa: E402
 from aladin.runtime import resolve_device, set_threads  # noqa: E402
@@ -86,7 +86,8 @@ def main() -> None:
     set_threads(args.threads)
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    vision = load_vision_backbone("efficientnet-lite0", args.image_size, device)
+    vision = load_vision_backbone("efficientnet-lite0", args.image_size, device,
+                                  FeaturesConfig().efficientnet_blocks)   # the default regions
     text = load_text_backbone("all-MiniLM-L6-v2", args.max_tokens, device)
 
     with tempfile.TemporaryDirectory() as tmp:
