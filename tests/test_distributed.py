@@ -25,8 +25,10 @@ from aladin.errors import ConfigError
 from aladin.losses import pair_bce_loss, positive_mask, triplet_loss
 from aladin.models.cross_encoder import mined_pair_logits
 from aladin.models.factory import build_model
-from aladin.store import FeatureStore, StoreWriter
+from aladin.store import FeatureStore
 from aladin.training import OptimConfig, epoch_batches, epoch_seed, fit
+
+from _stores import random_store
 
 REPO = Path(__file__).resolve().parents[1]
 D_IMG, D_TXT, R, L, CPI = 12, 10, 3, 4, 2
@@ -35,19 +37,6 @@ STUDENT = {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8}
 CROSS = {"width": 16, "layers": 1, "heads": 2, "ff": 16}
 STEP = dict(batch_size=8, lr=1e-2, weight_decay=0.5)     # the one-step checks' optimiser
 CLIP = 0.05
-
-
-def write_store(path: Path, n_img: int, seed: int) -> FeatureStore:
-    """Random features (the checks here are about arithmetic, not learning)."""
-    rng = np.random.default_rng(seed)
-    n_cap = n_img * CPI
-    with StoreWriter(path, n_img, R, D_IMG, n_cap, L, D_TXT) as w:
-        w.write_images(0, rng.normal(size=(n_img, R, D_IMG)), rng.uniform(size=(n_img, R, 6)),
-                       rng.integers(2, R + 1, size=n_img))
-        w.write_captions(0, rng.normal(size=(n_cap, L, D_TXT)), rng.integers(2, L + 1, size=n_cap))
-        w.finish([str(i) for i in range(n_img)], [f"{i}.png" for i in range(n_img)],
-                 [f"caption {j}" for j in range(n_cap)], np.repeat(np.arange(n_img), CPI), {})
-    return FeatureStore(path)
 
 
 def teacher_loss(model, batch):
@@ -129,8 +118,8 @@ def ddp(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     root = tmp_path_factory.mktemp("ddp")
-    write_store(root / "train", 20, seed=1)
-    write_store(root / "step", 8, seed=2)
+    random_store(root / "train", 20, CPI, R, L, D_IMG, D_TXT, seed=1)
+    random_store(root / "step", 8, CPI, R, L, D_IMG, D_TXT, seed=2)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     return root, elastic_launch(config, _worker)(str(root))
@@ -241,8 +230,8 @@ def test_nproc_is_checked(monkeypatch):
 
 def test_stage_relaunches_itself_under_torchrun(tmp_path):
     """`python stages/teacher.py` with teacher.nproc=2: two workers, one set of outputs, one MLflow run."""
-    write_store(tmp_path / "features" / "train", 12, seed=3)
-    write_store(tmp_path / "features" / "val", 6, seed=4)
+    random_store(tmp_path / "features" / "train", 12, CPI, R, L, D_IMG, D_TXT, seed=3)
+    random_store(tmp_path / "features" / "val", 6, CPI, R, L, D_IMG, D_TXT, seed=4)
     params = {"seed": 0, "tracking": {"enabled": True, "experiment": "ddp"},
               "teacher": {"model": {"d": 8, "heads": 2, "ff": 16}, "optim": {"epochs": 2, "batch_size": 4},
                           "device": "cpu", "threads": 1, "nproc": 2}}

@@ -57,6 +57,12 @@ def vision():
 
 
 @pytest.fixture(scope="module")
+def hyper():
+    """The default regions (params.yaml): hypercolumns of four EfficientNet blocks."""
+    return load_vision_backbone("efficientnet-lite0", 64, "cpu", FeaturesConfig().efficientnet_blocks)
+
+
+@pytest.fixture(scope="module")
 def text():
     torch.set_num_threads(1)
     return load_text_backbone("all-MiniLM-L6-v2", 12, "cpu")
@@ -122,9 +128,8 @@ def test_packaged_backbones_load_offline_and_quietly(vision, text, capfd):
     np.testing.assert_allclose(alone[0], tokens[0, :5], atol=1e-4)
 
 
-def test_hypercolumn_regions_are_pooled_block_outputs():
+def test_hypercolumn_regions_are_pooled_block_outputs(hyper):
     """Reference: forward hooks on the library's own forward pass, pooled to the 2x2 grid by hand."""
-    hyper = load_vision_backbone("efficientnet-lite0", 64, "cpu", [4, 7, 10, 14])
     assert hyper.dim == 40 + 80 + 112 + 192 and "hypercolumn" in hyper.info["regions"]
     outputs = {}
     hooks = [hyper.model._blocks[b].register_forward_hook(lambda m, i, o, b=b: outputs.__setitem__(b, o))
@@ -300,7 +305,7 @@ def _run_stage(cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_stage_end_to_end(tmp_path, vision):
+def test_stage_end_to_end(tmp_path, hyper):
     write_dataset(tmp_path)
     (tmp_path / "params.yaml").write_text(
         "seed: 0\nfeatures:\n  image_size: 64\n  max_tokens: 12\n  batch_size: 4\n  num_workers: 1\n  device: cpu\n")
@@ -315,7 +320,7 @@ def test_stage_end_to_end(tmp_path, vision):
     assert m["params"]["batch_size"] == 4
     assert store.image_ids == ["test-img0", "test-img1"] and store.caption_image.tolist() == [0, 0, 1, 1]
     assert store.image_files[0] == "data/images/test/img0.png"
-    regions, _, _ = vision([Image.open(tmp_path / "data/images/test/img1.png")])
+    regions, _, _ = hyper([Image.open(tmp_path / "data/images/test/img1.png")])
     np.testing.assert_allclose(store.image_batch([1]).regions.numpy(), regions, rtol=1e-2, atol=2e-2)
 
     # A missing image afterwards: exit 2, one line naming the file, the old features/ kept intact.

@@ -12,7 +12,9 @@ from aladin.errors import DataError
 from aladin.losses import positive_mask, triplet_loss
 from aladin.models.factory import build_model, load_model, save_checkpoint
 from aladin.scoring import POOLINGS, alignment_scores, score_embeddings, score_store
-from aladin.store import Batch, FeatureStore, StoreWriter
+from aladin.store import Batch
+
+from _stores import random_store
 
 torch.set_num_threads(1)
 T = 0.1
@@ -106,18 +108,6 @@ def test_duplicate_images_in_batch_are_not_negatives():
     assert triplet_loss(s, torch.eye(3, dtype=torch.bool)).item() > 0
 
 
-def tiny_store(path, n_img=6, cpi=2, r=5, length=6, d_img=10, d_txt=9, seed=0) -> FeatureStore:
-    rng = np.random.default_rng(seed)
-    n_cap = n_img * cpi
-    with StoreWriter(path, n_img, r, d_img, n_cap, length, d_txt) as w:
-        w.write_images(0, rng.normal(size=(n_img, r, d_img)), rng.uniform(size=(n_img, r, 6)),
-                       rng.integers(1, r + 1, size=n_img))
-        w.write_captions(0, rng.normal(size=(n_cap, length, d_txt)), rng.integers(1, length + 1, size=n_cap))
-        w.finish([str(i) for i in range(n_img)], ["x.png"] * n_img, ["c"] * n_cap,
-                 np.repeat(np.arange(n_img), cpi), {})
-    return FeatureStore(path)
-
-
 def make_model(pooling="mrsw", dropout=0.0):
     torch.manual_seed(0)
     return build_model("alignment", {"d": 8, "layers": 2, "heads": 2, "ff": 16, "dropout": dropout,
@@ -125,7 +115,7 @@ def make_model(pooling="mrsw", dropout=0.0):
 
 
 def test_embeddings_are_unit_norm_and_independent_of_batch_padding(tmp_path):
-    store, model = tiny_store(tmp_path / "s"), make_model()
+    store, model = random_store(tmp_path / "s"), make_model()
     with torch.no_grad():
         emb, mask = model.embed_images(store.image_batch(np.arange(6)))
         for i in range(6):
@@ -141,7 +131,7 @@ def test_embeddings_are_unit_norm_and_independent_of_batch_padding(tmp_path):
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_score_store_matches_direct_scoring(tmp_path, pooling):
-    store, model = tiny_store(tmp_path / "s"), make_model(pooling)
+    store, model = random_store(tmp_path / "s"), make_model(pooling)
     with torch.no_grad():
         direct = model.score(*model.embed_images(store.image_batch(np.arange(6))),
                              *model.embed_texts(store.caption_batch(np.arange(12))))
@@ -152,7 +142,7 @@ def test_score_store_matches_direct_scoring(tmp_path, pooling):
 
 
 def test_in_batch_forward_is_differentiable_and_equals_no_grad_scores(tmp_path):
-    store, model = tiny_store(tmp_path / "s"), make_model()
+    store, model = random_store(tmp_path / "s"), make_model()
     batch = store.pair_batch(np.arange(8))
     scores = model(batch)
     scores.sum().backward()
@@ -162,7 +152,7 @@ def test_in_batch_forward_is_differentiable_and_equals_no_grad_scores(tmp_path):
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):
-    store, model = tiny_store(tmp_path / "s"), make_model("lse")
+    store, model = random_store(tmp_path / "s"), make_model("lse")
     save_checkpoint(tmp_path / "m.pt", model, "alignment", model.cfg, {"val": {"rsum": 1.0}})
     loaded = load_model(tmp_path / "m.pt", "cpu", kind="alignment")
     assert not loaded.training and loaded.cfg == model.cfg

@@ -7,9 +7,9 @@ Regions are the backbone's spatial cells, standing in for the reference's detect
   outputs of chosen MBConv blocks (``blocks``), average-pooled to that grid and concatenated.
   Why not the usual final 1280-d head map: it keeps little of what captions talk about. A linear
   probe of the region under each object of the default dataset reads its colour / shape /
-  pattern / size from the head map at 50 / 62 / 63 / 53% (val), from blocks [4, 7, 10, 14]
+  pattern / size from the head map at 52 / 63 / 64 / 57% (val), from blocks [4, 7, 10, 14]
   (the last block at strides 8, 16, 16 and 32: 40 + 80 + 112 + 192 = 424 dims) at
-  98 / 97 / 96 / 85%. ``blocks=()`` gives the head map.
+  99 / 97 / 96 / 86% (benchmarks/region_probe.py). ``blocks=()`` gives the head map.
 - A local Hugging Face vision model directory (ViT, CLIP vision, DINOv2, SigLIP): the patch tokens
   of ``last_hidden_state``, each with its patch box. A leading CLS token is kept as region 0 with
   the whole-image box ``[0, 0, 1, 1, 1, 1]``: it is the backbone's own global summary, which words
