@@ -97,6 +97,13 @@ def setup(device: torch.device, nproc: int | None = None, name: str = "nproc") -
     return device
 
 
+def start(nproc: int, device: str, name: str = "nproc") -> torch.device:
+    """A training stage's entry: relaunch this script under torchrun when `nproc` > 1 (the parent
+    exits there), else join the process group if launched by torchrun; returns this rank's device."""
+    relaunch(nproc, device, sys.argv[0], sys.argv[1:], name)
+    return setup(resolve_device(device), nproc, name)
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

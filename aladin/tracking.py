@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import distributed
+
 log = logging.getLogger("aladin")
 
 
@@ -145,14 +147,14 @@ def mlflow_run(stage: str, params: dict[str, Any], cfg: TrackingConfig | dict[st
     """``with mlflow_run("teacher", params, cfg) as run: run.log_metrics(...); run.log_artifact(p)``.
 
     The run ends FINISHED, or FAILED when the block raises (the exception propagates). With
-    tracking disabled or broken the handle is a no-op. `tracking_uri` overrides
-    $MLFLOW_TRACKING_URI, which overrides the default sqlite store.
+    tracking disabled or broken, and on every DDP rank but 0, the handle is a no-op.
+    `tracking_uri` overrides $MLFLOW_TRACKING_URI, which overrides the default sqlite store.
     """
     if isinstance(cfg, dict):
         cfg = TrackingConfig(**cfg)
     cfg = cfg or TrackingConfig(enabled=False)
     run = Run()
-    if cfg.enabled:
+    if cfg.enabled and distributed.is_main():      # one run per stage execution, rank 0's
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         t0 = time.perf_counter()
         try:

@@ -34,7 +34,7 @@ ATTRIBUTES = ("colour", "shape", "pattern", "size")
 
 def object_rows(backbone, records, scenes: dict, batch: int = 100) -> tuple[np.ndarray, dict[str, list]]:
     """(N_obj, D) region vectors under each object's centre, and each object's attributes."""
-    grid = int(round(len(backbone.boxes) ** 0.5))
+    grid = backbone.grid
     xs, ys = [], {a: [] for a in ATTRIBUTES}
     for s in range(0, len(records), batch):
         chunk = records[s:s + batch]

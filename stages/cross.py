@@ -29,7 +29,7 @@ from aladin.io import atomic_path, write_json  # noqa: E402
 from aladin.losses import pair_bce_loss  # noqa: E402
 from aladin.models.cross_encoder import CrossEncoder, mined_pair_logits  # noqa: E402
 from aladin.models.factory import build_model, save_checkpoint  # noqa: E402
-from aladin.runtime import resolve_device, run_stage, seed_everything, set_threads  # noqa: E402
+from aladin.runtime import run_stage, seed_everything, set_threads  # noqa: E402
 from aladin.store import open_split  # noqa: E402
 from aladin.tracking import TrackingConfig, mlflow_run  # noqa: E402
 from aladin.training import OptimConfig, fit  # noqa: E402
@@ -79,11 +79,10 @@ def main() -> None:
             pd.DataFrame(columns=["epoch"]).to_csv(tmp, index=False)
         log.info("cross: disabled, wrote skipped markers")
         return
-    distributed.relaunch(cfg.nproc, cfg.device, __file__, sys.argv[1:], "cross.nproc")
+    device = distributed.start(cfg.nproc, cfg.device, "cross.nproc")   # relaunches under torchrun if > 1
     seed = shared_seed()
     tracking = load_section(TrackingConfig, "tracking")
     set_threads(cfg.threads)
-    device = distributed.setup(resolve_device(cfg.device), cfg.nproc, "cross.nproc")
     train, val = open_split(FEATURES, "train"), open_split(FEATURES, "val")
     select_images = min(cfg.select_images, val.n_images)
     eval_images = min(cfg.eval_images, val.n_images)
@@ -101,7 +100,6 @@ def main() -> None:
         return numeric(exhaustive_metrics(model, val, device, select_images, 0, 0, seed, cfg.eval_batch_size))
 
     used = dataclasses.asdict(cfg)
-    tracking = tracking if distributed.is_main() else None     # one MLflow run, rank 0's
     with mlflow_run("cross", {"cross": used, "seed": seed}, tracking) as run:
         t0 = time.perf_counter()
         result = fit(model, loss_fn, train, validate, cfg.optim, seed, device, Path("checkpoints") / "cross",

@@ -26,7 +26,7 @@ from aladin.distillation import LossConfig, Mode, StudentLoss, student_metrics, 
 from aladin.io import atomic_path, write_json  # noqa: E402
 from aladin.models.factory import build_model, load_model, save_checkpoint  # noqa: E402
 from aladin.models.matching import MatchingHead  # noqa: E402
-from aladin.runtime import resolve_device, run_stage, seed_everything, set_threads  # noqa: E402
+from aladin.runtime import run_stage, seed_everything, set_threads  # noqa: E402
 from aladin.store import open_split  # noqa: E402
 from aladin.tracking import TrackingConfig, mlflow_run  # noqa: E402
 from aladin.training import OptimConfig, fit  # noqa: E402
@@ -73,13 +73,12 @@ def main() -> None:
     name = "student_triplet" if baseline else "student"
 
     cfg = load_section(DistillParams, "distill")
-    distributed.relaunch(cfg.nproc, cfg.device, __file__, sys.argv[1:], "distill.nproc")
+    device = distributed.start(cfg.nproc, cfg.device, "distill.nproc")   # relaunches under torchrun if > 1
     if baseline:
         cfg = dataclasses.replace(cfg, mode="triplet")
     seed = shared_seed()
     tracking = load_section(TrackingConfig, "tracking")
     set_threads(cfg.threads)
-    device = distributed.setup(resolve_device(cfg.device), cfg.nproc, "distill.nproc")
     train, val = open_split(FEATURES, "train"), open_split(FEATURES, "val")
 
     seed_everything(seed)
@@ -94,8 +93,7 @@ def main() -> None:
     used = dataclasses.asdict(cfg)
     used = {k: used[k] for k in BASELINE_KEYS} if baseline else used
     checkpoints = Path("checkpoints") / name
-    with mlflow_run("student_triplet" if baseline else "distill", {"distill": used, "seed": seed},
-                    tracking if distributed.is_main() else None) as run:
+    with mlflow_run("student_triplet" if baseline else "distill", {"distill": used, "seed": seed}, tracking) as run:
         t0 = time.perf_counter()
         loss_fn = StudentLoss(cfg.loss, teacher)
         result = fit(student, loss_fn, train, lambda m: student_metrics(m, val), cfg.optim, seed, device,

@@ -22,7 +22,7 @@ from aladin.losses import positive_mask, triplet_loss  # noqa: E402
 from aladin.metrics import retrieval_metrics  # noqa: E402
 from aladin.models.alignment import AlignmentConfig  # noqa: E402
 from aladin.models.factory import build_model, save_checkpoint  # noqa: E402
-from aladin.runtime import resolve_device, run_stage, seed_everything, set_threads  # noqa: E402
+from aladin.runtime import run_stage, seed_everything, set_threads  # noqa: E402
 from aladin.scoring import score_store  # noqa: E402
 from aladin.store import open_split  # noqa: E402
 from aladin.tracking import TrackingConfig, mlflow_run  # noqa: E402
@@ -64,11 +64,10 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 def main() -> None:
     p = load_section(TeacherParams, "teacher")
-    distributed.relaunch(p.nproc, p.device, __file__, sys.argv[1:], "teacher.nproc")
+    device = distributed.start(p.nproc, p.device, "teacher.nproc")   # relaunches under torchrun if > 1
     seed = shared_seed()
     tracking = load_section(TrackingConfig, "tracking")
     set_threads(p.threads)
-    device = distributed.setup(resolve_device(p.device), p.nproc, "teacher.nproc")
     train, val = open_split(FEATURES, "train"), open_split(FEATURES, "val")
     for key in ("d_img", "d_txt"):
         if train.manifest[key] != val.manifest[key]:
@@ -89,7 +88,7 @@ def main() -> None:
         return retrieval_metrics(score_store(model, val, device, p.score_chunk_mb, progress=False), val.caption_image)
 
     params = {"seed": seed, "teacher": asdict(p)}
-    with mlflow_run("teacher", params, tracking if distributed.is_main() else None) as run:
+    with mlflow_run("teacher", params, tracking) as run:
         result = fit(model, loss_fn, train, validate, p.optim, seed, device, CHECKPOINTS, run, "rsum",
                      config=params, on_epoch_start=on_epoch_start)
         if not distributed.is_main():       # rank 0 writes the outputs
