@@ -1,7 +1,6 @@
-"""params.yaml access. Each stage reads only its own section plus the shared `seed` and `tracking`.
-
-Sections are turned into frozen dataclasses so that unknown keys, missing keys, wrong types and
-out-of-range values fail early with the parameter's full name (e.g. ``teacher.lr``).
+"""Reading params.yaml into dataclasses: unknown keys, missing keys, wrong types and out-of-range
+values fail early with the parameter's full name (e.g. ``teacher.optim.lr``). The sections
+themselves are declared in :mod:`aladin.params`.
 """
 from __future__ import annotations
 
@@ -44,14 +43,7 @@ def section(name: str, path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     return value
 
 
-def shared_seed(path: str | os.PathLike = PARAMS_FILE) -> int:
-    seed = load_params(path).get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"{path}: 'seed' must be an integer, got {seed!r}")
-    return seed
-
-
-def _check_type(value: Any, tp: Any, name: str) -> Any:
+def _check_type(value: Any, tp: Any, name: str, strict: bool) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -61,7 +53,7 @@ def _check_type(value: Any, tp: Any, name: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_type(value, arg, name)
+                return _check_type(value, arg, name, strict)
             except ConfigError:
                 pass
         raise ConfigError(f"{name}: expected {tp}, got {value!r}")
@@ -73,7 +65,7 @@ def _check_type(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         (arg, *_) = typing.get_args(tp) or (Any,)
-        return [_check_type(v, arg, f"{name}[{i}]") for i, v in enumerate(value)]
+        return [_check_type(v, arg, f"{name}[{i}]", strict) for i, v in enumerate(value)]
     if tp is Any:
         return value
     if tp is float:
@@ -93,15 +85,15 @@ def _check_type(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a string, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, name)
+        return from_dict(tp, value, name, strict)
     return value
 
 
-def from_dict(cls: type[T], raw: dict[str, Any], name: str) -> T:
+def from_dict(cls: type[T], raw: dict[str, Any], name: str, strict: bool = False) -> T:
     """Build dataclass `cls` from `raw`, naming `name.field` in every error.
 
-    Fields with defaults may be omitted. The dataclass may define ``validate(self)`` which
-    raises ConfigError (use :func:`require`) for range checks.
+    Fields with defaults may be omitted unless `strict` (params.yaml: every key required). The
+    dataclass may define ``validate(self)`` which raises ConfigError (use :func:`require`) for range checks.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a mapping, got {raw!r}")
@@ -114,8 +106,8 @@ def from_dict(cls: type[T], raw: dict[str, Any], name: str) -> T:
     for fname, f in fields.items():
         full = f"{name}.{fname}"
         if fname in raw:
-            kwargs[fname] = _check_type(raw[fname], hints[fname], full)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs[fname] = _check_type(raw[fname], hints[fname], full, strict)
+        elif strict or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
             raise ConfigError(f"{full}: missing required parameter")
     obj = cls(**kwargs)
     validate: Callable[[], None] | None = getattr(obj, "validate", None)
@@ -132,7 +124,3 @@ def require(cond: bool, field: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"{field}: {message}")
 
-
-def load_section(cls: type[T], name: str, path: str | os.PathLike = PARAMS_FILE) -> T:
-    """Read section `name` of params.yaml into dataclass `cls`."""
-    return from_dict(cls, section(name, path), name)

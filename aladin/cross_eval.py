@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import ConfigError, DataError
-from .io import atomic_path
 from .metrics import ranks_i2t, ranks_t2i, summarize
 from .models.cross_encoder import CrossEncoder
-from .models.factory import load_model
+from .models.factory import load_model, skipped_reason
 from .store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
@@ -237,21 +236,10 @@ def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, devi
     return search
 
 
-def save_skipped(path: str | os.PathLike, reason: str) -> None:
-    """The `cross` stage's model output when it did not train: a marker that load_cross reads."""
-    with atomic_path(path) as tmp:
-        torch.save({"skipped": reason}, tmp)
-
-
 def load_cross(path: str | os.PathLike, device: torch.device | str = "cpu") -> CrossEncoder | None:
     """The trained cross-encoder, or None when the `cross` stage was skipped (cross.enabled false)."""
-    try:
-        marker = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: model checkpoint not found (run the cross stage)") from None
-    except Exception:   # not our marker: let load_model report what is wrong with it
-        marker = None
-    if isinstance(marker, dict) and "skipped" in marker:
-        log.info("%s: cross-encoder not trained (%s)", path, marker["skipped"])
+    reason = skipped_reason(path)
+    if reason is not None:
+        log.info("%s: cross-encoder not trained (%s)", path, reason)
         return None
     return load_model(path, device, kind="cross")

@@ -21,33 +21,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .config import require
 from .encode import encode_images, encode_texts
-from .losses import distillation_loss, positive_mask, triplet_loss
+from .losses import TripletSchedule, distillation_loss, positive_mask
 from .metrics import retrieval_metrics
+from .params import LossConfig
 from .store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 
-Mode = Literal["distill", "distill+triplet", "triplet"]
 TeacherScores = Callable[[Batch], torch.Tensor]     # pair batch -> (B, B) teacher scores
-
-
-@dataclass
-class LossConfig:
-    mode: Mode = "distill"
-    temperature: float = 1 / 6          # student side; the reference's scale 6.0
-    teacher_temperature: float = 1.0    # teacher side; the reference uses the raw MrSw sums
-    triplet_weight: float = 0.1         # mode distill+triplet only
-    margin: float = 0.2                 # triplet hinge margin
-    warmup_epochs: int = 1              # triplet: hinge over all negatives, then the hardest (VSE++)
-
-    def validate(self) -> None:
-        require(self.temperature > 0, "temperature", "must be > 0")
-        require(self.teacher_temperature > 0, "teacher_temperature", "must be > 0")
-        require(self.triplet_weight >= 0, "triplet_weight", "must be >= 0")
-        require(self.margin >= 0, "margin", "must be >= 0")
-        require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
 
 
 class Timed:
@@ -122,30 +104,28 @@ def teacher_scorer(teacher: nn.Module, store: FeatureStore, cached: bool) -> Tim
 class StudentLoss:
     """loss_fn(student, pair batch) -> (loss, logs) for :func:`aladin.training.fit`.
 
-    Pass :meth:`on_epoch_start` to fit too: the triplet term sums its hinge over all in-batch
-    negatives for `warmup_epochs` epochs before switching to the hardest negative, since max
-    violation from a random start collapses the embeddings (as for the teacher).
+    Pass :meth:`on_epoch_start` to fit too: the triplet term follows the teacher's warm-up
+    schedule (:class:`aladin.losses.TripletSchedule`).
     """
 
     def __init__(self, cfg: LossConfig, teacher: TeacherScores | None) -> None:
         if cfg.mode != "triplet" and teacher is None:
             raise ValueError(f"mode {cfg.mode!r} needs a teacher")
-        self.cfg, self.teacher, self.hardest = cfg, teacher, cfg.warmup_epochs == 0
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.hardest = epoch >= self.cfg.warmup_epochs
+        self.cfg, self.teacher = cfg, teacher
+        self.triplet = TripletSchedule(cfg.margin, cfg.warmup_epochs)
+        self.on_epoch_start = self.triplet.on_epoch_start
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         scores = model(batch)                                          # (B, B) cosines
         positive = positive_mask(batch)
         if cfg.mode == "triplet":
-            return triplet_loss(scores, positive, cfg.margin, self.hardest), {}
+            return self.triplet.loss(scores, positive), {}
         loss = distillation_loss(scores, self.teacher(batch), cfg.temperature, cfg.teacher_temperature,
                                  positive)
         logs = {"distill": loss.item()}
         if cfg.mode == "distill+triplet":
-            triplet = triplet_loss(scores, positive, cfg.margin, self.hardest)
+            triplet = self.triplet.loss(scores, positive)
             loss = loss + cfg.triplet_weight * triplet
             logs["triplet"] = triplet.item()
         return loss, logs

@@ -60,14 +60,15 @@ def check_nproc(nproc: int, device: torch.device, name: str = "nproc") -> None:
                           "one GPU per process (set CUDA_VISIBLE_DEVICES or lower it)")
 
 
-def relaunch(nproc: int, device: str, script: str, args: list[str], name: str = "nproc") -> None:
-    """With nproc > 1 and not under torchrun: run `script args` as nproc torchrun workers and exit
+def relaunch(nproc: int, device: str, script: list[str], args: list[str], name: str = "nproc") -> None:
+    """With nproc > 1 and not under torchrun: run `script args` (a path, or ``-m module``) as
+    nproc torchrun workers and exit
     with their status. Otherwise return at once (one process, or already a torchrun worker)."""
     check_nproc(nproc, resolve_device(device), name)
     if nproc == 1 or under_torchrun():
         return
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           script, *args]
+           *script, *args]
     log.info("relaunching under torchrun: %s", " ".join(cmd[1:]))
     sys.exit(subprocess.run(cmd).returncode)
 
@@ -100,7 +101,10 @@ def setup(device: torch.device, nproc: int | None = None, name: str = "nproc") -
 def start(nproc: int, device: str, name: str = "nproc") -> torch.device:
     """A training stage's entry: relaunch this script under torchrun when `nproc` > 1 (the parent
     exits there), else join the process group if launched by torchrun; returns this rank's device."""
-    relaunch(nproc, device, sys.argv[0], sys.argv[1:], name)
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)            # `python -m stages.teacher`: relaunch the module
+    script = ["-m", spec.name] if spec is not None and spec.name != "__main__" else [sys.argv[0]]
+    relaunch(nproc, device, script, sys.argv[1:], name)
     return setup(resolve_device(device), nproc, name)
 
 

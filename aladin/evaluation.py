@@ -11,36 +11,36 @@ R@K for K <= k is exactly what the list delivers; medr / meanr use the fallback 
 """
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import faiss
 import numpy as np
+import torch
+from torch import nn
 
-from .index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
-from .metrics import (RankFn, captions_per_image, protocol_from_ranks, ranks_i2t, ranks_t2i,
-                      topk_ranks_i2t, topk_ranks_t2i)
+from .datasets import eccv_metrics, load_coco_ids
+from .encode import encode_images, encode_texts
+from .index import IndexConfig, IndexDir, build_index, exact_topk, recall_vs_exact, search
+from .metrics import (RankFn, captions_per_image, full_key, protocol_from_ranks, protocol_metrics, ranks_i2t,
+                      ranks_t2i, summarize, topk_ranks_i2t, topk_ranks_t2i)
+from .models.factory import load_model
+from .models.matching import MatchingHead
+from .scoring import score_store
+from .store import FeatureStore
+
+if TYPE_CHECKING:
+    from .params import EvaluateParams
 
 # scorer(query_ids (Q,), candidate_ids (Q, k)) -> (Q, k) scores; ids are global test-set rows,
 # -1 marks an empty candidate slot (score it anything: it is dropped).
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def exhaustive_rank_fn(scores: np.ndarray, caption_image: np.ndarray) -> RankFn:
-    """Ranks from a full (N_img, N_cap) score matrix, restricted to each (sub)collection."""
-    def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
-        sub, cap = scores[i, c], caption_image[c] - i.start
-        return ranks_i2t(sub, cap), ranks_t2i(sub, cap)
-    return fn
-
-
 def protocol(rank_fn: RankFn, caption_image: np.ndarray) -> dict[str, dict[str, float]]:
     """'5k' and '1k' metrics of a retrieval method over the test set described by `caption_image`."""
     n_images = int(np.max(caption_image)) + 1
     return protocol_from_ranks(rank_fn, n_images, captions_per_image(caption_image, n_images))
-
-
-def exhaustive_metrics(scores: np.ndarray, caption_image: np.ndarray) -> dict[str, dict[str, float]]:
-    return protocol(exhaustive_rank_fn(scores, caption_image), caption_image)
 
 
 class IndexedRetrieval:
@@ -133,3 +133,82 @@ def index_recall(retrieval: IndexedRetrieval, k: int = 10) -> dict[str, float]:
     exact_cap = exact_topk(retrieval.caption_emb, retrieval.image_emb, k)
     return {f"t2i_recall{k}_vs_flat": recall_vs_exact(top_img, exact_img),
             f"i2t_recall{k}_vs_flat": recall_vs_exact(top_cap, exact_cap)}
+
+
+# -- the evaluate stages' recipes -----------------------------------------------------------------
+def model_test_scores(path: Path, store: FeatureStore, device: torch.device, chunk_mb: float,
+                      batch_size: int) -> np.ndarray:
+    """(N_img, N_cap) exhaustive test scores of a checkpoint: alignment scores for the teacher,
+    dot products of the global embeddings for a student."""
+    model = load_model(path, device)
+    if isinstance(model, MatchingHead):
+        return encode_images(model, store, batch_size=batch_size) @ encode_texts(model, store, batch_size=batch_size).T
+    return score_store(model, store, device, chunk_mb, batch_size=batch_size).numpy()
+
+
+def exhaustive_row(scores: np.ndarray, store: FeatureStore, data_dir: Path) -> dict[str, Any]:
+    """The protocol metrics of a score matrix, plus ECCV Caption / CxC on MS-COCO with caption ids."""
+    row: dict[str, Any] = protocol_metrics(scores, store.caption_image)
+    coco = load_coco_ids(data_dir, store.image_ids, captions_per_image(store.caption_image, store.n_images))
+    if coco is not None:
+        row["eccv"] = eccv_metrics(scores, *coco)
+    return row
+
+
+def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarray,
+                    fixed_rows: dict[str, dict[str, Any]], cross: nn.Module | None, p: EvaluateParams, seed: int,
+                    device: torch.device, data_dir: Path, k: int = 10) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every row of metrics/eval.json: `fixed_rows` (the teacher's and the baseline student's,
+    scored once by their own stages), the student through its index and exact, two-stage
+    re-ranking by the teacher at `p.rerank_k` and per depth of `p.rerank_depths`, the
+    cross-encoder rows when it was trained, and the rsum ratios ('summary').
+    Returns (rows, depth rows of the re-rank sweep)."""
+    cap_img = store.caption_image
+    rows: dict[str, Any] = {name: dict(row) for name, row in fixed_rows.items()}
+    retrieval = IndexedRetrieval(idx.image_emb, idx.caption_emb, idx.cfg, seed, full=(idx.images, idx.captions))
+    rows["student"] = {**protocol(index_rank_fn(retrieval, cap_img, k), cap_img), "index": idx.cfg.kind}
+    if idx.cfg.kind != "flat":
+        rows["student"].update(index_recall(retrieval, k))
+    student_scores = idx.image_emb @ idx.caption_emb.T
+    rows["student_exact"] = exhaustive_row(student_scores, store, data_dir)
+
+    scorers = matrix_scorers(teacher_scores)
+    rows["two_stage"] = {**protocol(two_stage_rank_fn(retrieval, cap_img, p.rerank_k, *scorers), cap_img),
+                         "rerank_k": p.rerank_k}
+    full = (slice(0, store.n_images), slice(0, store.n_captions))
+    depths = [{"rerank_k": d, **summarize(*two_stage_rank_fn(retrieval, cap_img, d, *scorers)(*full))}
+              for d in sorted(set(p.rerank_depths))]
+
+    if cross is not None:
+        from . import cross_eval
+
+        n = min(p.cross_fold_images, store.n_images)
+        args = (n, p.cross_text_queries, p.cross_image_queries, seed)
+        rows["cross_encoder"] = {"fold0_sampled": cross_eval.exhaustive_metrics(cross, store, device, *args)}
+        cap_q, img_q = cross_eval.subsample_queries(store, *args)
+        rows["teacher"]["fold0_sampled"] = cross_eval.sampled_metrics(teacher_scores, store, n, cap_q, img_q)
+        rows["student_exact"]["fold0_sampled"] = cross_eval.sampled_metrics(student_scores, store, n, cap_q, img_q)
+        fold0 = (slice(0, n), slice(0, n * captions_per_image(cap_img, store.n_images)))
+        rows["cross_rerank"] = {"rerank_k": p.cross_rerank_k, "fold0": summarize(*two_stage_rank_fn(
+            retrieval, cap_img, p.cross_rerank_k, *cross_eval.pair_scorers(cross, store, device))(*fold0))}
+        rows["two_stage"]["fold0"] = summarize(*two_stage_rank_fn(retrieval, cap_img, p.cross_rerank_k,
+                                                                  *scorers)(*fold0))
+        rows["student"]["fold0"] = summarize(*index_rank_fn(retrieval, cap_img, k)(*fold0))
+    rows["summary"] = rsum_ratios(rows, store.n_images)
+    return rows, depths
+
+
+def headline_metrics(rows: dict[str, Any]) -> dict[str, float]:
+    """The figures an experiment is compared by: rsum of every row per protocol, and the ratios."""
+    out = {f"{name}_{key}_rsum": m["rsum"] for name, row in rows.items() if name not in ("summary", "protocol")
+           for key, m in row.items() if isinstance(m, dict) and "rsum" in m}
+    return {**out, **rows.get("summary", {})}
+
+
+def rsum_ratios(rows: dict[str, Any], n_images: int) -> dict[str, float]:
+    """Whole-test-set rsum ratios between the rows that carry the paper's claims."""
+    fk = full_key(n_images)
+    rsum = {name: rows[name][fk]["rsum"] for name in ("teacher", "student", "two_stage")}
+    return {"two_stage_rsum_vs_teacher": rsum["two_stage"] / rsum["teacher"],
+            "student_rsum_vs_teacher": rsum["student"] / rsum["teacher"],
+            "two_stage_rsum_vs_student": rsum["two_stage"] / rsum["student"]}

@@ -26,33 +26,13 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from .config import from_dict, require
+from .config import from_dict
 from .errors import ConfigError, DataError
 from .io import atomic_path, read_json
+from .params import KINDS, IndexConfig, Kind
 
 FORMAT_VERSION = 1
-Kind = Literal["flat", "hnsw", "ivf_flat", "ivf_pq"]
-KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 SIDES = {"images": "image_emb.npy", "captions": "caption_emb.npy"}
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    kind: Kind = "hnsw"
-    hnsw_m: int = 32             # graph degree: memory and recall up, build time up
-    ef_construction: int = 80
-    ef_search: int = 128         # search-time beam width: recall up, latency up
-    nlist: int = 64              # IVF cells (needs at least that many vectors)
-    nprobe: int = 8              # IVF cells visited per query
-    pq_m: int = 32               # PQ sub-vectors (= code bytes at 8 bits); must divide the dim
-    pq_nbits: int = 8
-    threads: int = 1             # faiss threads while building; 1 keeps HNSW graphs reproducible
-
-    def validate(self) -> None:
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "threads"):
-            require(getattr(self, name) > 0, name, "must be > 0")
-        require(self.nprobe <= self.nlist, "nprobe", f"must be <= nlist={self.nlist}")
-        require(1 <= self.pq_nbits <= 16, "pq_nbits", "must be in [1, 16]")
 
 
 def build_index(emb: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index:

@@ -40,6 +40,25 @@ def triplet_loss(scores: torch.Tensor, positive: torch.Tensor, margin: float = 0
     return cost[positive].mean()
 
 
+class TripletSchedule:
+    """The VSE++ schedule of :func:`triplet_loss`: the hinge summed over all negatives for
+    `warmup_epochs` epochs, then the hardest negative. :meth:`on_epoch_start` goes to ``fit``."""
+
+    def __init__(self, margin: float, warmup_epochs: int) -> None:
+        self.margin, self.warmup_epochs = margin, warmup_epochs
+        self.hardest = warmup_epochs == 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.hardest = epoch >= self.warmup_epochs
+
+    def loss(self, scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        return triplet_loss(scores, positive, self.margin, self.hardest)
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """loss_fn(model, pair batch) for ``fit``: `model(batch)` is the (B, B) score matrix."""
+        return self.loss(model(batch), positive_mask(batch)), {}
+
+
 def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
                       student_temperature: float, teacher_temperature: float = 1.0,
                       positive_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ feeds the student and the teacher), so the backbone is never paid twice; the col
 of the teacher is precomputed for images and computed for the k candidate captions only.
 
     r = Retriever()                                   # features/test, models/, index/
-    r.search_text("a red cube left of a blue ball", k=10, rerank=True)
+    r.search_text("a red cube left of a blue ball", k=10, rerank_k=100)   # student top-100, re-ranked
     r.search_image(PIL.Image.open(path), k=5)
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError
-from .features import image_batch, load_text_backbone, load_vision_backbone, text_batch
+from .features import image_batch, store_backbones, text_batch
 from .index import IndexConfig, load_index_dir, search
 from .models.factory import load_model
 from .store import Batch, open_split
@@ -37,28 +37,25 @@ class Hit:
 
 
 class Retriever:
-    """Backbones + student + faiss indexes (+ teacher for re-ranking) over one feature-store split."""
+    """Backbones + student + faiss indexes (+ teacher for re-ranking) over one feature-store split.
+
+    ``student=None`` gives a teacher-only system (exhaustive teacher search, no index)."""
 
     def __init__(self, features_dir: str | Path = "features", split: str = "test",
-                 student: str | Path = "models/student.pt", index_dir: str | Path = "index",
+                 student: str | Path | None = "models/student.pt", index_dir: str | Path = "index",
                  teacher: str | Path | None = "models/teacher.pt", device: str | torch.device = "cpu",
-                 index_cfg: IndexConfig | None = None, rerank_k: int = 20) -> None:
+                 index_cfg: IndexConfig | None = None) -> None:
         self.device = torch.device(device)
         self.store = open_split(features_dir, split)
-        p = self.store.manifest.get("params", {})
-        try:
-            self.text_backbone = load_text_backbone(p["text_backbone"], p["max_tokens"], self.device)
-            self.vision_backbone = load_vision_backbone(p["vision_backbone"], p["image_size"], self.device,
-                                                         p.get("efficientnet_blocks", []))  # older stores: head map
-        except KeyError as e:
-            raise DataError(f"{self.store.path}/manifest.json: params lack {e}, cannot rebuild the backbones")
-        self.student = load_model(student, self.device, kind="matching")
-        self.index = load_index_dir(index_dir, model_path=student, cfg=index_cfg)
-        if (self.index.images.ntotal, self.index.captions.ntotal) != (self.store.n_images, self.store.n_captions):
-            raise DataError(f"{index_dir}: indexes hold {self.index.images.ntotal} images / "
-                            f"{self.index.captions.ntotal} captions, {self.store.path} has "
-                            f"{self.store.n_images} / {self.store.n_captions}")
-        self.rerank_k = rerank_k
+        self.text_backbone, self.vision_backbone = store_backbones(self.store, self.device)
+        self.student = self.index = None
+        if student is not None:
+            self.student = load_model(student, self.device, kind="matching")
+            self.index = load_index_dir(index_dir, model_path=student, cfg=index_cfg)
+            if (self.index.images.ntotal, self.index.captions.ntotal) != (self.store.n_images, self.store.n_captions):
+                raise DataError(f"{index_dir}: indexes hold {self.index.images.ntotal} images / "
+                                f"{self.index.captions.ntotal} captions, {self.store.path} has "
+                                f"{self.store.n_images} / {self.store.n_captions}")
         self.teacher = load_model(teacher, self.device, kind="alignment") if teacher is not None else None
         self.teacher_images = self._teacher_tokens("image") if self.teacher is not None else None
         self._teacher_captions: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -129,43 +126,37 @@ class Retriever:
             s, i = s[order], i[order]
         return s[:k], i[:k]
 
-    def search_texts(self, queries: Sequence[str], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
-        """Ranked images for each caption query."""
+    def search_texts(self, queries: Sequence[str], k: int = 10, rerank_k: int | None = None) -> list[list[Hit]]:
+        """Ranked images for each caption query; `rerank_k`: the teacher re-orders the student's
+        top `rerank_k` (None: the student's order)."""
         batch, emb = self.encode_texts(queries)
-        scores, ids = search(self.index.images, emb, max(k, self.rerank_k) if rerank else k)
+        scores, ids = search(self.index.images, emb, max(k, rerank_k or 0))
         out = []
         for row in range(len(queries)):
-            rescore = (lambda i, row=row: self.teacher_scores_images(batch, row, i)) if rerank else None
+            rescore = (lambda i, row=row: self.teacher_scores_images(batch, row, i)) if rerank_k else None
             s, i = self._ranked(scores[row], ids[row], k, rescore)
             out.append([Hit(r + 1, int(j), self.store.image_ids[j], float(v), file=self.store.image_files[j])
                         for r, (j, v) in enumerate(zip(i, s))])
         return out
 
-    def search_images(self, images: Sequence[Image.Image], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
-        """Ranked captions for each image query."""
+    def search_images(self, images: Sequence[Image.Image], k: int = 10,
+                      rerank_k: int | None = None) -> list[list[Hit]]:
+        """Ranked captions for each image query (`rerank_k` as in :meth:`search_texts`)."""
         batch, emb = self.encode_images(images)
-        scores, ids = search(self.index.captions, emb, max(k, self.rerank_k) if rerank else k)
+        scores, ids = search(self.index.captions, emb, max(k, rerank_k or 0))
         out = []
         for row in range(len(images)):
-            rescore = (lambda i, row=row: self.teacher_scores_captions(batch, row, i)) if rerank else None
+            rescore = (lambda i, row=row: self.teacher_scores_captions(batch, row, i)) if rerank_k else None
             s, i = self._ranked(scores[row], ids[row], k, rescore)
             out.append([Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(v),
                             text=self.store.captions[j]) for r, (j, v) in enumerate(zip(i, s))])
         return out
 
-    def search_text(self, query: str, k: int = 10, rerank: bool = False) -> list[Hit]:
-        return self.search_texts([query], k, rerank)[0]
+    def search_text(self, query: str, k: int = 10, rerank_k: int | None = None) -> list[Hit]:
+        return self.search_texts([query], k, rerank_k)[0]
 
-    def search_image(self, image: Image.Image, k: int = 10, rerank: bool = False) -> list[Hit]:
-        return self.search_images([image], k, rerank)[0]
-
-    def teacher_search_text(self, query: str, k: int = 10) -> list[Hit]:
-        """Exhaustive teacher scoring against every image: the slow baseline the student replaces."""
-        batch = text_batch(self.text_backbone, [query])
-        s = self.teacher_scores_images(batch, 0, slice(None))
-        top = np.argsort(-s, kind="stable")[:k]
-        return [Hit(r + 1, int(j), self.store.image_ids[j], float(s[j]), file=self.store.image_files[j])
-                for r, j in enumerate(top)]
+    def search_image(self, image: Image.Image, k: int = 10, rerank_k: int | None = None) -> list[Hit]:
+        return self.search_images([image], k, rerank_k)[0]
 
     @torch.inference_mode()
     def teacher_search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:

@@ -35,9 +35,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def set_threads(n: int) -> None:
-    """Fix intra-op threads (0 = leave torch's default)."""
+    """The same thread count for torch (intra-op) and faiss (OpenMP); 0 leaves both defaults."""
     if n > 0:
+        import faiss
+
         torch.set_num_threads(n)
+        faiss.omp_set_num_threads(n)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -225,3 +225,14 @@ class FeatureStore:
 def open_split(features_dir: str | Path, split: str) -> FeatureStore:
     """Open ``<features_dir>/<split>``; the one way later stages read features."""
     return FeatureStore(Path(features_dir) / split)
+
+
+def open_matching_splits(features_dir: str | Path, *splits: str) -> list[FeatureStore]:
+    """Several splits that one model reads: their region and token widths must agree."""
+    stores = [open_split(features_dir, s) for s in splits]
+    for store in stores[1:]:
+        for key in ("d_img", "d_txt"):
+            if store.manifest[key] != stores[0].manifest[key]:
+                raise DataError(f"{store.path}/manifest.json: {key} {store.manifest[key]} differs from "
+                                f"{stores[0].path.name}'s {stores[0].manifest[key]}")
+    return stores

@@ -1,4 +1,11 @@
-"""MLflow tracking: one run per stage execution, never at the cost of the trained model.
+"""MLflow tracking: one parent run per pipeline execution, one child run per stage execution,
+never at the cost of the trained model.
+
+The parent is the row to compare in ``mlflow ui``: it is named after the DVC experiment
+($DVC_EXP_NAME), or ``repro@<commit>`` for a plain ``dvc repro``, and carries every param the
+executed stages read plus the headline test metrics (:meth:`Run.log_headline`); each stage's run
+is nested under it. Stages find their parent by a key: the experiment name, or the commit and a
+hash of params.yaml, so every stage of one execution (and only those) shares it.
 
 Store: ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlruns``, where root is $DVC_ROOT
 (set by ``dvc exp run``, also inside ``--temp``/``--queue`` copies) or else the current directory
@@ -11,23 +18,21 @@ no-ops. mlflow is imported only when tracking is enabled (about 2 s).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import distributed
+from .config import PARAMS_FILE
+
+if TYPE_CHECKING:
+    from .params import TrackingParams
 
 log = logging.getLogger("aladin")
-
-
-@dataclass
-class TrackingConfig:
-    enabled: bool = True
-    experiment: str = "aladin"
 
 
 def tracking_root() -> Path:
@@ -58,11 +63,23 @@ def git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-class Run:
-    """A handle on one MLflow run; every method is safe to call after a failure (no-op)."""
+def pipeline_key() -> tuple[str, str]:
+    """(key, display name) of the pipeline execution this stage belongs to."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    if exp:
+        return f"exp:{exp}", exp
+    commit = (git_commit() or "nocommit")[:8]
+    path = Path(PARAMS_FILE)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8] if path.is_file() else "noparams"
+    return f"repro:{commit}:{digest}", f"repro@{commit}"
 
-    def __init__(self, client: Any = None, run_id: str | None = None) -> None:
-        self.client, self.run_id = client, run_id
+
+class Run:
+    """A handle on one MLflow run (and its pipeline parent); every method is safe to call after a
+    failure (no-op)."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None, parent_id: str | None = None) -> None:
+        self.client, self.run_id, self.parent_id = client, run_id, parent_id
 
     @property
     def active(self) -> bool:
@@ -77,23 +94,28 @@ class Run:
             log.warning("MLflow %s failed, tracking disabled for this run: %s", what, e)
             self.run_id = None
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):                      # MLflow's batch limit
-            self._call("log_params", self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self._call("log_params", self.client.log_batch, run_id or self.run_id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
         if not self.active:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float))]
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):
-            self._call("log_metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
+            self._call("log_metrics", self.client.log_batch, run_id or self.run_id, metrics=items[i:i + 1000])
+
+    def log_headline(self, metrics: dict[str, float]) -> None:
+        """Metrics for the pipeline's parent run (the figures to compare across experiments)."""
+        if self.parent_id is not None:
+            self.log_metrics(metrics, run_id=self.parent_id)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -115,9 +137,11 @@ class Run:
     def end(self, status: str) -> None:
         if self.active:
             self._call("end", self.client.set_terminated, self.run_id, status)
+        if self.active and self.parent_id is not None:    # the parent's status: its last stage's
+            self._call("end", self.client.set_terminated, self.parent_id, status)
 
 
-def _start(stage: str, params: dict[str, Any], cfg: TrackingConfig, uri: str) -> Run:
+def _start(stage: str, params: dict[str, Any], cfg: TrackingParams, uri: str) -> Run:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
@@ -131,30 +155,37 @@ def _start(stage: str, params: dict[str, Any], cfg: TrackingConfig, uri: str) ->
         exp_id = client.create_experiment(cfg.experiment, artifact_location=(tracking_root() / "mlruns").as_uri())
     else:
         exp_id = exp.experiment_id
-    tags = {"stage": stage, "mlflow.source.git.commit": git_commit(),
-            "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+    tags = {"mlflow.source.git.commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
             "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
-    run = client.create_run(exp_id, run_name=os.environ.get("DVC_EXP_NAME") or stage,
-                            tags={k: v for k, v in tags.items() if v is not None})
-    handle = Run(client, run.info.run_id)
+    tags = {k: v for k, v in tags.items() if v is not None}
+    key, name = pipeline_key()
+    found = client.search_runs([exp_id], filter_string=f"tags.pipeline_key = '{key}'", max_results=1)
+    if found:
+        parent_id = found[0].info.run_id
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        parent_id = client.create_run(exp_id, run_name=name, tags={**tags, "pipeline_key": key,
+                                                                   "pipeline": "true"}).info.run_id
+    run = client.create_run(exp_id, run_name=stage,
+                            tags={**tags, "stage": stage, "mlflow.parentRunId": parent_id})
+    handle = Run(client, run.info.run_id, parent_id)
     handle.log_params(params)
+    handle.log_params(params, run_id=parent_id)
     return handle
 
 
 @contextlib.contextmanager
-def mlflow_run(stage: str, params: dict[str, Any], cfg: TrackingConfig | dict[str, Any] | None,
+def mlflow_run(stage: str, params: dict[str, Any], cfg: TrackingParams | None,
                tracking_uri: str | None = None) -> Iterator[Run]:
     """``with mlflow_run("teacher", params, cfg) as run: run.log_metrics(...); run.log_artifact(p)``.
 
     The run ends FINISHED, or FAILED when the block raises (the exception propagates). With
-    tracking disabled or broken, and on every DDP rank but 0, the handle is a no-op.
+    tracking disabled (`cfg` None or not enabled) or broken, and on every DDP rank but 0, the
+    handle is a no-op.
     `tracking_uri` overrides $MLFLOW_TRACKING_URI, which overrides the default sqlite store.
     """
-    if isinstance(cfg, dict):
-        cfg = TrackingConfig(**cfg)
-    cfg = cfg or TrackingConfig(enabled=False)
     run = Run()
-    if cfg.enabled and distributed.is_main():      # one run per stage execution, rank 0's
+    if cfg is not None and cfg.enabled and distributed.is_main():      # one run per stage execution, rank 0's
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         t0 = time.perf_counter()
         try:

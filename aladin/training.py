@@ -22,52 +22,37 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .config import require
 from .errors import AladinError, DataError
-from .io import atomic_path
+from .io import atomic_path, write_json
+from .params import OptimConfig
 from .store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 
+CHECKPOINTS, MODELS, METRICS, PLOTS = Path("checkpoints"), Path("models"), Path("metrics"), Path("plots")
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 
 
-@dataclass
-class OptimConfig:
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 2e-4
-    lr_decay_epochs: list[int] = field(default_factory=list)   # multiply lr by lr_gamma from these epochs on
-    lr_gamma: float = 0.1
-    grad_clip: float = 2.0                                     # max grad L2 norm; 0 = off
-    weight_decay: float = 0.0
-
-    def validate(self) -> None:
-        require(self.epochs >= 1, "epochs", "must be >= 1")
-        require(self.batch_size >= 2, "batch_size", "must be >= 2 (in-batch negatives)")
-        require(self.lr > 0, "lr", "must be > 0")
-        require(all(e >= 1 for e in self.lr_decay_epochs), "lr_decay_epochs", "epochs count from 0; use >= 1")
-        require(0 < self.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
-        require(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-
-    def lr_at(self, epoch: int) -> float:
-        return self.lr * self.lr_gamma ** sum(epoch >= e for e in self.lr_decay_epochs)
-
-
 class Tracker(Protocol):
+    run_id: str | None
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -192,6 +177,10 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
         start, history = ckpt["epoch"] + 1, ckpt["history"]
         best_metrics, best_epoch, best_state = ckpt["best_metrics"], ckpt["best_epoch"], ckpt["best_state"]
         log.info("resuming from %s after epoch %d", last_path, ckpt["epoch"])
+        if run is not None:        # this run's record starts where the interrupted one stopped
+            run.set_tags({"resumed_from_run": ckpt.get("run_id"), "resumed_after_epoch": ckpt["epoch"]})
+            for row in history:
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     net: nn.Module = LossModule(model, loss_fn)
     if ddp:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -251,6 +240,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
             if last_path is not None:
                 with atomic_path(last_path) as tmp:
                     torch.save({"fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+                                "run_id": getattr(run, "run_id", None),
                                 "optimizer": opt.state_dict(), "history": history, "best_metrics": best_metrics,
                                 "best_epoch": best_epoch, "best_state": best_state}, tmp)
         # The other ranks wait here for rank 0's validation, then share its record.
@@ -263,3 +253,67 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
     distributed.broadcast_module(model)
     model.eval()
     return FitResult(best_metrics=best_metrics, best_epoch=best_epoch, history=history)
+
+
+def remove_finished_checkpoints(checkpoints: Path = CHECKPOINTS, models: Path = MODELS) -> list[Path]:
+    """Delete ``checkpoints/<name>/`` when ``models/<name>.pt`` is newer: that run finished (e.g.
+    DVC restored it from its run cache after an interruption), so nothing will resume from it."""
+    removed = []
+    for ckpt_dir in sorted(p for p in checkpoints.glob("*") if p.is_dir()):
+        model, last = models / f"{ckpt_dir.name}.pt", ckpt_dir / "last.pt"
+        if model.is_file() and (not last.exists() or model.stat().st_mtime >= last.stat().st_mtime):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            log.info("removed %s: %s is newer", ckpt_dir, model)
+            removed.append(ckpt_dir)
+    return removed
+
+
+def write_skipped(name: str, reason: str) -> None:
+    """The outputs of a training stage that did not train: a model marker, metrics saying why,
+    an empty history (DVC needs every declared output)."""
+    from .models.factory import save_skipped
+
+    save_skipped(MODELS / f"{name}.pt", reason)
+    write_json(METRICS / f"{name}.json", {"skipped": True, "reason": reason})
+    with atomic_path(PLOTS / f"{name}_history.csv") as tmp:
+        pd.DataFrame(columns=["epoch"]).to_csv(tmp, index=False)
+
+
+def train_stage(name: str, kind: str, model: nn.Module, model_cfg: Any, loss_fn: LossFn,
+                train_store: FeatureStore, validate: Callable[[nn.Module], dict[str, float]],
+                optim_cfg: OptimConfig, seed: int, device: torch.device, params: dict[str, Any],
+                tracking: Any, on_epoch_start: Callable[[int], None] | None = None,
+                summary: Callable[[nn.Module, FitResult], dict[str, Any]] | None = None) -> FitResult | None:
+    """The shape of every training stage: fit with a resumable checkpoint under MLflow, then
+    (rank 0) models/<name>.pt, metrics/<name>.json, plots/<name>_history.csv and the run's
+    ``best_val_*`` metrics. `summary(model, result)` adds stage-specific entries to the metrics
+    JSON. Returns the FitResult on rank 0, None on the other ranks."""
+    from .models.factory import save_checkpoint
+    from .tracking import mlflow_run
+
+    remove_finished_checkpoints()
+    checkpoints = CHECKPOINTS / name
+    with mlflow_run(name, params, tracking) as run:
+        t0 = time.perf_counter()
+        result = fit(model, loss_fn, train_store, validate, optim_cfg, seed, device, checkpoints, run=run,
+                     config=params, on_epoch_start=on_epoch_start)
+        train_seconds = time.perf_counter() - t0
+        if not distributed.is_main():
+            return None
+        metrics = {"val": result.best_metrics, "best_epoch": result.best_epoch,
+                   "train_seconds": round(train_seconds, 1), **(summary(model, result) if summary else {})}
+        paths = (MODELS / f"{name}.pt", METRICS / f"{name}.json", PLOTS / f"{name}_history.csv")
+        save_checkpoint(paths[0], model.cpu(), kind, model_cfg,
+                        extra={"val": result.best_metrics, "epoch": result.best_epoch, "seed": seed})
+        write_json(paths[1], metrics)
+        with atomic_path(paths[2]) as tmp:
+            pd.DataFrame(result.history).to_csv(tmp, index=False)
+        run.log_metrics({f"best_val_{k}": v for k, v in result.best_metrics.items()})
+        run.log_metrics({"train_seconds": train_seconds})
+        run.log_headline({f"{name}_val_rsum": result.best_metrics.get("rsum"), f"{name}_train_seconds": train_seconds})
+        for path in paths[1:]:
+            run.log_artifact(path)
+        log.info("%s: val rsum %.2f (epoch %d), %.1f s", name, result.best_metrics.get("rsum", float("nan")),
+                 result.best_epoch, train_seconds)
+    shutil.rmtree(checkpoints, ignore_errors=True)     # only an interrupted run needs it
+    return result

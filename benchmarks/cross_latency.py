@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import faiss
+import numpy as np
+import torch
 
-from aladin.cross_eval import load_cross, text_search_fn  # noqa: E402
-from aladin.encode import encode_images, encode_texts  # noqa: E402
-from aladin.errors import DataError  # noqa: E402
-from aladin.features import load_text_backbone, text_batch  # noqa: E402
-from aladin.latency import fix_threads, per_query  # noqa: E402
-from aladin.models.factory import load_model  # noqa: E402
-from aladin.store import open_split  # noqa: E402
+from aladin.cross_eval import load_cross, text_search_fn
+from aladin.encode import encode_images, encode_texts
+from aladin.errors import DataError
+from aladin.features import load_text_backbone, text_batch
+from aladin.runtime import set_threads
+from aladin.timing import per_query
+from aladin.models.factory import load_model
+from aladin.store import open_split
 
 
 def main() -> None:
@@ -52,7 +51,7 @@ def main() -> None:
     ap.add_argument("--text-backbone", default="all-MiniLM-L6-v2", help="'none' to leave it out")
     args = ap.parse_args()
 
-    fix_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     store = open_split(args.features, args.split)
     cross = load_cross(args.cross)

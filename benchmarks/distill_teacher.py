@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from aladin.config import section  # noqa: E402
-from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss  # noqa: E402
-from aladin.models.factory import build_model, load_model  # noqa: E402
-from aladin.store import FeatureStore, StoreWriter, open_split  # noqa: E402
+from aladin.config import section
+from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss
+from aladin.models.factory import build_model, load_model
+from aladin.store import FeatureStore, StoreWriter, open_split
 
 
 D_IMG, D_TXT = 424, 384      # the default store: EfficientNet hypercolumns, MiniLM tokens

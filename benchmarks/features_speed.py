@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported; the stage's bars would drown the figures
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aladin.features import FeaturesConfig, load_text_backbone, load_vision_backbone  # noqa: E402
-from aladin.features.extract import caption_windows, extract_captions, extract_images  # noqa: E402
-from aladin.features.vision import load_pixels  # noqa: E402
-from aladin.runtime import resolve_device, set_threads  # noqa: E402
-from aladin.store import StoreWriter  # noqa: E402
+from aladin.features import FeaturesConfig, load_text_backbone, load_vision_backbone
+from aladin.features.extract import caption_windows, extract_captions, extract_images
+from aladin.features.vision import load_pixels
+from aladin.runtime import resolve_device, set_threads
+from aladin.store import StoreWriter
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "cyan", "gray", "brown"]
 SHAPES = ["cube", "sphere", "cylinder", "cone"]

@@ -6,7 +6,7 @@ Run on its own (not part of `dvc repro`; building the graph takes minutes on 2 c
     python benchmarks/hnsw_1m.py --n 200000 --ef-search 64 128
 
 The collection is the student's test image embeddings (index/image_emb.npy) plus perturbed
-copies up to --n (aladin.latency.perturbed_collection), or clustered random unit vectors when
+copies up to --n (aladin.timing.perturbed_collection), or clustered random unit vectors when
 no index has been built; queries are the test caption embeddings (or held-out random points).
 Single-query latency is measured with 1 thread (faiss parallelises across queries, not within
 one), after a warm-up; the graph is built with all cores. Targets: recall@10 >= 0.95 and
@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
 
-from aladin.index import IndexConfig, build_index, recall_vs_exact, search  # noqa: E402
-from aladin.latency import per_query, perturbed_collection  # noqa: E402
+from aladin.index import IndexConfig, build_index, recall_vs_exact, search
+from aladin.timing import per_query, perturbed_collection
 
 
 def data(n: int, n_queries: int, dim: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:

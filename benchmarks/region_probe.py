@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aladin.data.manifest import load_dataset  # noqa: E402
-from aladin.features import load_vision_backbone  # noqa: E402
-from aladin.features.vision import load_pixels  # noqa: E402
+from aladin.data.manifest import load_dataset
+from aladin.features import load_vision_backbone
+from aladin.features.vision import load_pixels
 
 ATTRIBUTES = ("colour", "shape", "pattern", "size")
 

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 HOST = "127.0.0.1"
 
 
@@ -139,7 +138,7 @@ def run_level(port: int, queries_file: Path, level: int, args: argparse.Namespac
 
 def in_process(args: argparse.Namespace, queries: list[str]) -> dict:
     """The same engine as the server, called directly: what HTTP adds is the difference."""
-    from aladin.latency import per_query
+    from aladin.timing import per_query
     from aladin.search.cli import load_engine
 
     engine = load_engine(args.root, [args.index] if args.index else None, teacher=args.rerank, threads=args.threads)

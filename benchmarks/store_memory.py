@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aladin.store import StoreWriter, open_split  # noqa: E402
+from aladin.store import StoreWriter, open_split
 
 COCO_TRAIN = 113_287   # Karpathy train + restval
 

@@ -12,16 +12,14 @@ length as score_store does. Each figure is the best of --repeats runs (the machi
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aladin.scoring import score_embeddings  # noqa: E402
+from aladin.scoring import score_embeddings
 
 
 def best_time(fn, repeats: int) -> float:

@@ -6,8 +6,8 @@ metrics/data.json (dataset statistics; bag-of-words and colour-histogram retriev
 """
 import logging
 
-from aladin.config import load_section, shared_seed
-from aladin.data.generate import DataConfig, dataset_metrics, generate, write_scenes
+from aladin import params
+from aladin.data.generate import dataset_metrics, generate, write_scenes
 from aladin.data.manifest import write_dataset
 from aladin.datasets import dataset_stats, prepare
 from aladin.io import atomic_path, write_json
@@ -17,8 +17,7 @@ log = logging.getLogger("aladin")
 
 
 def main() -> None:
-    cfg = load_section(DataConfig, "data")
-    seed = shared_seed()
+    cfg = params.load("data")
     if cfg.source != "scenes":      # files the user downloaded (docs/COCO.md)
         with atomic_path("data", is_dir=True) as out:
             name, images = prepare(cfg.source, getattr(cfg, cfg.source), cfg.captions_per_image, out)
@@ -28,7 +27,7 @@ def main() -> None:
         log.info("data: %s, %s images", name, stats["images"])
         return
     with atomic_path("data", is_dir=True) as out:
-        images, records = generate(out, cfg, seed)
+        images, records = generate(out, cfg)
         write_dataset(out / "dataset.json", "scenes", cfg.source, cfg.captions_per_image, images)
         write_scenes(out / "scenes.jsonl", records)
         metrics = dataset_metrics(images, records, cfg.captions_per_image)

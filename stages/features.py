@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from aladin.config import load_section  # noqa: E402
-from aladin.errors import AladinError, ConfigError  # noqa: E402
-from aladin.features import FeaturesConfig, extract_features  # noqa: E402
-from aladin.runtime import resolve_device, run_stage  # noqa: E402
+from aladin import params
+from aladin.errors import AladinError, ConfigError
+from aladin.features import extract_features
+from aladin.runtime import resolve_device, run_stage
 
 DATASET = Path("data/dataset.json")
 OUT = Path("features")
 
 
 def main() -> None:
-    cfg = load_section(FeaturesConfig, "features")
+    cfg = params.load("features")
     try:
         device = resolve_device(cfg.device)
     except AladinError as e:

@@ -23,19 +23,22 @@ from PIL import Image, ImageDraw
 from aladin.data.manifest import ImageRecord, write_dataset
 from aladin.distillation import LossConfig, StudentLoss, student_metrics
 from aladin.encode import encode_images, encode_texts
-from aladin.features import FeaturesConfig, extract_features
+from aladin.features import extract_features
 from aladin.index import IndexConfig, save_index_dir, sha256_file
+from aladin.io import write_json
 from aladin.models.alignment import AlignmentConfig
 from aladin.models.factory import build_model, save_checkpoint
 from aladin.models.matching import MatchingHead
 from aladin.store import open_split
 from aladin.training import OptimConfig, fit
+from tests._params import section
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
            "purple": (130, 40, 170), "orange": (250, 140, 20), "black": (15, 15, 15), "cyan": (40, 210, 230)}
 SHAPES = ("circle", "square", "triangle")
 SIZE = 64
 SEED = 0
+RERANK_K = 6                     # two-stage depth of the tiny system (8 test images)
 
 
 def captions(colour: str, shape: str) -> list[str]:
@@ -88,7 +91,7 @@ def build_tiny_pipeline(root: Path, epochs: int = 12) -> Path:
     torch.set_num_threads(1)         # reproducible training, and polite on a shared machine
     torch.manual_seed(SEED)
     dataset = write_tiny_dataset(root)
-    extract_features(FeaturesConfig(image_size=SIZE, max_tokens=16, num_workers=0, device="cpu"),
+    extract_features(section("features", image_size=SIZE, max_tokens=16, num_workers=0, device="cpu"),
                      dataset, root / "features", torch.device("cpu"))
     train, val, test = (open_split(root / "features", s) for s in ("train", "val", "test"))
     d_img, d_txt = int(train.manifest["d_img"]), int(train.manifest["d_txt"])
@@ -97,7 +100,8 @@ def build_tiny_pipeline(root: Path, epochs: int = 12) -> Path:
     student = build_model("matching", cfg, d_img, d_txt)
     loss = StudentLoss(LossConfig(mode="triplet", warmup_epochs=0), None)
     fit(student, loss, train,
-        validate=lambda m: student_metrics(m, val), optim_cfg=OptimConfig(epochs=epochs, batch_size=32, lr=1e-3),
+        validate=lambda m: student_metrics(m, val),
+        optim_cfg=OptimConfig(lr_decay_epochs=[], epochs=epochs, batch_size=32, lr=1e-3),
         seed=SEED, device="cpu", checkpoint_dir=None, on_epoch_start=loss.on_epoch_start)
     models = root / "models"
     save_checkpoint(models / "student.pt", student, "matching", cfg)
@@ -108,6 +112,7 @@ def build_tiny_pipeline(root: Path, epochs: int = 12) -> Path:
     provenance = {"model": {"path": str(models / "student.pt"), "sha256": sha256_file(models / "student.pt")}}
     save_index_dir(root / "index", encode_images(student, test), encode_texts(student, test),
                    IndexConfig(kind="flat"), SEED, provenance)
+    write_json(root / "metrics" / "eval.json", {"two_stage": {"rerank_k": RERANK_K}})   # the evaluated depth
     return root
 
 

@@ -228,7 +228,7 @@ def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path)
 
     before = validate(model.eval())["rsum"]
     res = fit(model, loss_fn, train, lambda mdl: {k: v for k, v in validate(mdl).items() if k != "protocol"},
-              OptimConfig(epochs=12, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None)
+              OptimConfig(lr_decay_epochs=[], epochs=12, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None)
     after = validate(model)
     # Chance on 10 images / 20 captions: t2i R@1 10%, i2t R@1 ~ 20%, rsum ~ 150.
     assert after["t2i_r1"] >= 40 and after["rsum"] > 300 > before
@@ -240,25 +240,22 @@ def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path)
 
 
 def run_stage_in(tmp_path, monkeypatch, cross_params: str):
-    """Run stages/cross.py's main() in `tmp_path` on tiny feature stores."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """Run the cross stage's main() in `tmp_path` on tiny feature stores."""
+    import yaml
+
+    from stages import cross as stage
+    from tests._params import write_params
 
     write_store(tmp_path / "features" / "train", 24, per_image=2, seed=1)
     write_store(tmp_path / "features" / "val", 8, per_image=2, seed=2)
-    (tmp_path / "params.yaml").write_text("seed: 0\ntracking: {enabled: false}\ncross:\n" + cross_params)
-    path = Path(__file__).resolve().parents[1] / "stages" / "cross.py"
-    spec = importlib.util.spec_from_file_location("stage_cross", path)
-    stage = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "stage_cross", stage)        # dataclasses resolve hints there
-    spec.loader.exec_module(stage)
+    write_params(tmp_path, {"seed": 0, "tracking": {"enabled": False}, "cross": yaml.safe_load(cross_params)})
     monkeypatch.chdir(tmp_path)
     stage.main()
     return read_json(tmp_path / "metrics" / "cross.json")
 
 
 STAGE_PARAMS = """
+  enabled: true
   model: {width: 16, layers: 1, heads: 2, ff: 32, dropout: 0.1}
   optim: {epochs: 2, batch_size: 8, lr: 0.003}
   mine_candidates: 2
@@ -271,16 +268,16 @@ STAGE_PARAMS = """
 
 def test_stage_trains_and_writes_its_outputs(tmp_path, monkeypatch):
     metrics = run_stage_in(tmp_path, monkeypatch, STAGE_PARAMS)
-    assert metrics["val"]["protocol"] == "fold0_6img_query_subsample"
-    assert metrics["val"]["t2i_queries"] == 5 and metrics["val"]["i2t_queries"] == 3
+    assert metrics["val_fold0"]["protocol"] == "fold0_6img_query_subsample"
+    assert metrics["val_fold0"]["t2i_queries"] == 5 and metrics["val_fold0"]["i2t_queries"] == 3
     assert "fixed random query samples" in metrics["note"] and metrics["best_epoch"] in (0, 1)
     assert isinstance(load_cross(tmp_path / "models" / "cross.pt"), CrossEncoder)
     assert (tmp_path / "plots" / "cross_history.csv").read_text().startswith("epoch")
     # The shared seed fixes the result (dropout, shuffles and negative draws included).
     (tmp_path / "again").mkdir()
     again = run_stage_in(tmp_path / "again", monkeypatch, STAGE_PARAMS)
-    assert {k: v for k, v in again["val"].items() if k != "seconds"} == \
-        {k: v for k, v in metrics["val"].items() if k != "seconds"}
+    assert {k: v for k, v in again["val_fold0"].items() if k != "seconds"} == \
+        {k: v for k, v in metrics["val_fold0"].items() if k != "seconds"}
     a, b = (load_cross(p / "models" / "cross.pt").state_dict() for p in (tmp_path, tmp_path / "again"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -294,4 +291,4 @@ def test_stage_disabled_writes_skipped_outputs(tmp_path, monkeypatch):
 
 def test_bad_params_name_the_parameter(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="cross.optim.batch_size"):
-        run_stage_in(tmp_path, monkeypatch, "  mine_candidates: 8\n  optim: {batch_size: 8}\n")
+        run_stage_in(tmp_path, monkeypatch, "  enabled: true\n  mine_candidates: 8\n  optim: {batch_size: 8}\n")

@@ -1,9 +1,7 @@
 """The embedded scenes dataset: determinism, caption truth, families, manifest, baselines, stage."""
 import json
-import os
 import random
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,28 +9,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aladin.config import from_dict
 from aladin.data import load_dataset, write_dataset
 from aladin.data.baselines import scene_words
 from aladin.data.captions import captions_for
-from aladin.data.generate import DataConfig, chance_metrics, dataset_metrics, generate
+from aladin.data.generate import chance_metrics, dataset_metrics, generate
 from aladin.data.parser import Count, Exists, Location, ParseError, Relation, is_true, parse
 from aladin.data.render import render
 from aladin.data.scenes import Background, Scene, SceneObject, sample_split, scene_from_record
 from aladin.errors import ConfigError, DataError
+from aladin.params import DataParams
+from tests._params import run_stage, section, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny(**kw) -> DataConfig:
-    return from_dict(DataConfig, {"n_train": 8, "n_val": 4, "n_test": 8, "workers": 1, **kw}, "data")
+def tiny(**kw) -> DataParams:
+    return section("data", **{"n_train": 8, "n_val": 4, "n_test": 8, "workers": 1, **kw})
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """200 test images on disk with their records (shared by the baseline and family tests)."""
     out = tmp_path_factory.mktemp("small")
-    images, records = generate(out, tiny(n_train=40, n_test=200), seed=0)
+    images, records = generate(out, tiny(n_train=40, n_test=200, seed=0))
     return images, records
 
 
@@ -43,9 +42,9 @@ def _outputs(images):
 
 
 def test_same_seed_same_bytes_any_worker_count_and_other_seed_differs(tmp_path):
-    a = generate(tmp_path / "a", tiny(), seed=7)
-    b = generate(tmp_path / "b", tiny(workers=2), seed=7)
-    c = generate(tmp_path / "c", tiny(), seed=8)
+    a = generate(tmp_path / "a", tiny(seed=7))
+    b = generate(tmp_path / "b", tiny(workers=2, seed=7))
+    c = generate(tmp_path / "c", tiny(seed=8))
     assert _outputs(a[0]) == _outputs(b[0])
     assert a[1] == b[1]
     pngs_a = [im.file.read_bytes() for im in a[0]]
@@ -55,8 +54,8 @@ def test_same_seed_same_bytes_any_worker_count_and_other_seed_differs(tmp_path):
 
 
 def test_test_split_does_not_depend_on_n_train(tmp_path):
-    a, _ = generate(tmp_path / "a", tiny(n_train=3), seed=1)
-    b, _ = generate(tmp_path / "b", tiny(n_train=9), seed=1)
+    a, _ = generate(tmp_path / "a", tiny(n_train=3, seed=1))
+    b, _ = generate(tmp_path / "b", tiny(n_train=9, seed=1))
     assert [im.captions for im in a if im.split == "test"] == [im.captions for im in b if im.split == "test"]
 
 
@@ -252,10 +251,8 @@ def test_bad_params_name_the_field(field, value):
 
 
 def _run_stage(cwd: Path, data: dict) -> subprocess.CompletedProcess:
-    (cwd / "params.yaml").write_text(json.dumps({"seed": 3, "data": data}))   # JSON is YAML
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "stages" / "data.py")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    write_params(cwd, {"data": {"seed": 3, **data}})
+    return run_stage("data", cwd)
 
 
 def test_stage_end_to_end_and_bad_param(tmp_path):

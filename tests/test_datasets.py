@@ -2,9 +2,6 @@
 through the same functions the stages call (prepare -> open_precomputed -> write_region_features)."""
 import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +16,9 @@ from aladin.datasets import (KarpathyConfig, PrecompConfig, VinvlTsvConfig, eccv
 from aladin.datasets.coco_ids import coco_caption_ids
 from aladin.errors import ConfigError, DataError
 from aladin.store import FeatureStore, StoreWriter, open_split
+from tests._params import run_stage, write_params
 
 CPI = 5
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _prepare(source, cfg, data_dir) -> Dataset:
@@ -183,17 +180,15 @@ def test_precomp_width_mismatch(tmp_path):
 
 
 def _stage(name, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_stage(name, cwd)
 
 
 def test_data_and_features_stages_on_precomp(tmp_path):
     """params.yaml `data.source: precomp` -> data/ (manifest + sidecar) -> feature stores with its regions."""
     arrays = _precomp(tmp_path / "coco_precomp")
-    (tmp_path / "params.yaml").write_text(
-        f"seed: 0\ndata:\n  source: precomp\n  precomp:\n    root: {tmp_path / 'coco_precomp'}\n"
-        "    test: testall\nfeatures:\n  max_tokens: 12\n  batch_size: 8\n  device: cpu\n")
+    write_params(tmp_path, {"data": {"source": "precomp",
+                                     "precomp": {"root": str(tmp_path / "coco_precomp"), "test": "testall"}},
+                            "features": {"max_tokens": 12, "batch_size": 8, "device": "cpu"}})
     proc = _stage("data", tmp_path)
     assert proc.returncode == 0, proc.stderr
     stats = json.loads((tmp_path / "metrics" / "data.json").read_text())

@@ -9,15 +9,12 @@ computed here in one process.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from aladin import distributed
 from aladin.distillation import CachedTeacher, LossConfig, StudentLoss
@@ -29,8 +26,8 @@ from aladin.store import FeatureStore
 from aladin.training import OptimConfig, epoch_batches, epoch_seed, fit
 
 from _stores import random_store
+from tests._params import run_stage, write_params
 
-REPO = Path(__file__).resolve().parents[1]
 D_IMG, D_TXT, R, L, CPI = 12, 10, 3, 4, 2
 TEACHER = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1}
 STUDENT = {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8}
@@ -70,7 +67,7 @@ def _worker(root: str) -> dict:
     rank, root = distributed.rank(), Path(root)
     train = FeatureStore(root / "train")
     out: dict = {"rank": rank, "world": distributed.world_size(), "backend": torch.distributed.get_backend()}
-    cfg = OptimConfig(epochs=3, batch_size=6, lr=3e-3)
+    cfg = OptimConfig(lr_decay_epochs=[], epochs=3, batch_size=6, lr=3e-3)
 
     # Each rank names its own checkpoint folder: only rank 0's may receive last.pt.
     m = model("alignment", TEACHER)
@@ -97,7 +94,7 @@ def _worker(root: str) -> dict:
     for name, clip in (("step", 0.0), ("step_clip", CLIP)):
         m = model("alignment", {**TEACHER, "dropout": 0.0})
         res = fit(m, teacher_loss, FeatureStore(root / "step"), val_metric,
-                  OptimConfig(epochs=1, grad_clip=clip, **STEP), 0, device, None)
+                  OptimConfig(lr_decay_epochs=[], epochs=1, grad_clip=clip, **STEP), 0, device, None)
         out[name] = (weights(m), res.history[0]["train_loss"])
 
     # The student (distillation from a cached teacher) and the cross-encoder (mined negatives).
@@ -107,7 +104,7 @@ def _worker(root: str) -> dict:
     res = fit(m, loss, train, val_metric, cfg, 0, device, None, on_epoch_start=loss.on_epoch_start)
     out["student"] = (weights(m), res.history)
     m = model("cross", CROSS)
-    fit(m, cross_loss, train, val_metric, OptimConfig(epochs=1, batch_size=8, lr=3e-3), 0, device, None)
+    fit(m, cross_loss, train, val_metric, OptimConfig(lr_decay_epochs=[], epochs=1, batch_size=8, lr=3e-3), 0, device, None)
     out["cross"] = weights(m)
     distributed.teardown()
     return out
@@ -229,18 +226,17 @@ def test_nproc_is_checked(monkeypatch):
 
 
 def test_stage_relaunches_itself_under_torchrun(tmp_path):
-    """`python stages/teacher.py` with teacher.nproc=2: two workers, one set of outputs, one MLflow run."""
+    """`python -m stages.teacher` with teacher.nproc=2: two workers, one set of outputs, one MLflow run."""
     random_store(tmp_path / "features" / "train", 12, CPI, R, L, D_IMG, D_TXT, seed=3)
     random_store(tmp_path / "features" / "val", 6, CPI, R, L, D_IMG, D_TXT, seed=4)
     params = {"seed": 0, "tracking": {"enabled": True, "experiment": "ddp"},
               "teacher": {"model": {"d": 8, "heads": 2, "ff": 16}, "optim": {"epochs": 2, "batch_size": 4},
                           "device": "cpu", "threads": 1, "nproc": 2}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    write_params(tmp_path, params)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     for k in distributed.TORCHRUN_ENV:
         env.pop(k, None)
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "teacher.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_stage("teacher", tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "relaunching under torchrun" in proc.stderr and "DDP: 2 processes, backend gloo" in proc.stderr
     assert (tmp_path / "models" / "teacher.pt").is_file() and not (tmp_path / "checkpoints" / "teacher").exists()
@@ -249,11 +245,10 @@ def test_stage_relaunches_itself_under_torchrun(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
-    assert len(runs) == 1 and runs[0].data.params["teacher.nproc"] == "2"
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id], "tags.stage = 'teacher'")
+    assert len(runs) == 1 and runs[0].data.params["teacher.nproc"] == "2"      # rank 0's run only
 
     params["teacher"]["nproc"] = 0
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "teacher.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    write_params(tmp_path, params)
+    proc = run_stage("teacher", tmp_path, env=env, timeout=60)
     assert proc.returncode == 2 and "teacher.nproc: must be >= 1" in proc.stderr

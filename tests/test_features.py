@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,15 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from aladin.config import from_dict
 from aladin.errors import ConfigError, DataError
-from aladin.features import (FeaturesConfig, extract_features, grid_boxes, image_batch,
+from aladin.features import (extract_features, grid_boxes, image_batch,
                              load_text_backbone, load_vision_backbone, text_batch)
 from aladin.features.extract import extract_split
 from aladin.features.vision import IMAGENET_MEAN, IMAGENET_STD
 from aladin.store import FeatureStore, StoreWriter, open_split
+from tests._params import run_stage, section, write_params
 
-ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a red cube", "two small blue balls left of a big green cylinder", "a cat",
             "the yellow sphere is behind the purple cone near the edge", "an empty scene", "red"]
 
@@ -59,7 +57,7 @@ def vision():
 @pytest.fixture(scope="module")
 def hyper():
     """The default regions (params.yaml): hypercolumns of four EfficientNet blocks."""
-    return load_vision_backbone("efficientnet-lite0", 64, "cpu", FeaturesConfig().efficientnet_blocks)
+    return load_vision_backbone("efficientnet-lite0", 64, "cpu", section("features").efficientnet_blocks)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +229,7 @@ def test_bad_backbones_and_params_are_config_errors(tmp_path, tiny_hf):
     with pytest.raises(ConfigError, match="features.image_size"):
         load_vision_backbone(str(tiny_hf / "vit"), 36, "cpu")      # not a multiple of patch 8
     with pytest.raises(ConfigError, match="features.batch_size"):
-        from_dict(FeaturesConfig, {"batch_size": 0}, "features")
+        section("features", batch_size=0)
 
 
 # --- extraction -------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ def test_bad_backbones_and_params_are_config_errors(tmp_path, tiny_hf):
 def test_extract_split_keeps_dataset_order(tmp_path, vision, text):
     files = make_images(tmp_path / "img", 3)
     records = [SimpleNamespace(id=f"i{k}", file=f, captions=CAPTIONS[2 * k:2 * k + 2]) for k, f in enumerate(files)]
-    cfg = FeaturesConfig(image_size=64, max_tokens=12, batch_size=2, num_workers=1)
+    cfg = section("features", image_size=64, max_tokens=12, batch_size=2, num_workers=1)
     extract_split(records, vision, text, tmp_path / "test", cfg, 2, {"dataset": "t"})
     store = FeatureStore(tmp_path / "test")
     assert store.image_ids == ["i0", "i1", "i2"] and store.captions == CAPTIONS
@@ -258,7 +256,7 @@ def test_empty_caption_names_the_image(tmp_path):
     raw["images"][4]["captions"][1] = "  "
     dataset.write_text(json.dumps(raw))
     with pytest.raises(DataError, match="test-img0.*caption 1"):
-        extract_features(FeaturesConfig(), dataset, tmp_path / "features", torch.device("cpu"))
+        extract_features(section("features"), dataset, tmp_path / "features", torch.device("cpu"))
     assert not (tmp_path / "features").exists()
 
 
@@ -268,7 +266,7 @@ def test_corrupt_png_is_a_data_error_and_leaves_no_output(tmp_path, vision, text
     bad.write_bytes(bad.read_bytes()[:60])                         # truncated PNG
     monkeypatch.setattr("aladin.features.extract.load_vision_backbone", lambda *a: vision)
     monkeypatch.setattr("aladin.features.extract.load_text_backbone", lambda *a: text)
-    cfg = FeaturesConfig(image_size=64, max_tokens=12, num_workers=1)
+    cfg = section("features", image_size=64, max_tokens=12, num_workers=1)
     with pytest.raises(DataError, match="img0.png"):
         extract_features(cfg, dataset, tmp_path / "features", torch.device("cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no features/, no temp dirs
@@ -292,7 +290,7 @@ def test_precomputed_regions_skip_the_vision_backbone(tmp_path, text, monkeypatc
                                                    "images": images}))
     monkeypatch.setattr("aladin.features.extract.load_vision_backbone", None)   # must not be called
     monkeypatch.setattr("aladin.features.extract.load_text_backbone", lambda *a: text)
-    extract_features(FeaturesConfig(max_tokens=12), data / "dataset.json", tmp_path / "features",
+    extract_features(section("features", max_tokens=12), data / "dataset.json", tmp_path / "features",
                      torch.device("cpu"))
     store = open_split(tmp_path / "features", "test")
     np.testing.assert_allclose(store.regions[:].astype(np.float32), np.load(data / "test_ims.npy"), atol=1e-2)
@@ -300,15 +298,13 @@ def test_precomputed_regions_skip_the_vision_backbone(tmp_path, text, monkeypatc
 
 
 def _run_stage(cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / "features.py")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_stage("features", cwd)
 
 
 def test_stage_end_to_end(tmp_path, hyper):
     write_dataset(tmp_path)
-    (tmp_path / "params.yaml").write_text(
-        "seed: 0\nfeatures:\n  image_size: 64\n  max_tokens: 12\n  batch_size: 4\n  num_workers: 1\n  device: cpu\n")
+    write_params(tmp_path, {"features": {"image_size": 64, "max_tokens": 12, "batch_size": 4, "num_workers": 1,
+                                         "device": "cpu"}})
     proc = _run_stage(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""                                       # logs on stderr, no stray prints

@@ -2,20 +2,23 @@
 
 Runs `dvc repro` (every stage of dvc.yaml), then two `dvc exp run -S distill.temperature=...`
 experiments, and checks that `dvc exp show` lists both with different student metrics, that
-each is an MLflow run, and that the teacher stage was not re-run by the ablation.
+MLflow's parent runs put the temperature beside the test rsum, that nothing which does not
+depend on the student was re-run by the ablation, and that a clone in another directory
+computes the same data and features hashes (a shared DVC cache hits).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests._params import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +40,6 @@ TINY = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if k not in base:
-            raise KeyError(f"TINY override {k!r} is not in params.yaml: update this test")
-        out[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return out
-
-
 def _run(args: list[str], cwd: Path, env: dict) -> str:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -62,8 +56,7 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, repo / name)
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(repo, TINY)
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
@@ -77,8 +70,9 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     _run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
 
     _run(dvc + ["repro"], repo, env)
-    for f in ("data.json", "teacher.json", "student.json", "student_triplet.json", "cross.json",
-              "eval.json", "latency.json"):
+    for f in ("data.json", "teacher.json", "student.json", "student_triplet.json", "cross.json", "eval_teacher.json",
+              "eval_student_triplet.json", "eval.json", "latency_encoders.json", "latency_teacher.json",
+              "latency_scaling.json", "latency.json"):
         assert (repo / "metrics" / f).is_file(), f
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     assert "teacher" in json.dumps(evaluation) and "student" in json.dumps(evaluation)
@@ -88,7 +82,8 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     # The ablation: only the distillation stage and what follows it may run again.
     out = _run(dvc + ["exp", "run", "-n", "t005", "-S", "distill.temperature=0.05"], repo, env)
     assert "Running stage 'distill'" in out
-    for untouched in ("data", "features", "teacher", "student_triplet", "cross"):
+    for untouched in ("data", "features", "teacher", "student_triplet", "cross", "evaluate_teacher",
+                      "evaluate_triplet", "latency_encoders", "latency_teacher", "latency_scaling"):
         assert f"Running stage '{untouched}'" not in out, untouched
     _run(dvc + ["exp", "run", "-n", "t100", "-S", "distill.temperature=1.0"], repo, env)
 
@@ -105,6 +100,24 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     assert set(found) == {"t005", "t100"}, rows
     assert found["t005"] != found["t100"]
 
-    db = sqlite3.connect(repo / "mlflow.db")
-    exp_tags = db.execute("select value from tags where key = 'dvc_exp_name'").fetchall()
-    assert {"t005", "t100"} <= {v for (v,) in exp_tags}
+    # MLflow: one parent run per experiment, the parameter beside the test metric it moved.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("aladin").experiment_id
+    parents = {r.info.run_name: r for r in client.search_runs([exp_id], "tags.pipeline = 'true'")}
+    assert {"t005", "t100"} <= set(parents)
+    for name, temperature in (("t005", "0.05"), ("t100", "1.0")):
+        run = parents[name].data
+        assert run.params["distill.temperature"] == temperature and "student_n8_rsum" in run.metrics, run
+        children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parents[name].info.run_id}'")
+        assert {"student", "evaluate", "latency"} <= {c.info.run_name for c in children}
+    assert parents["t005"].data.metrics["student_n8_rsum"] != parents["t100"].data.metrics["student_n8_rsum"]
+
+    # Another clone, another directory: the same data and features hashes.
+    clone = tmp_path / "elsewhere" / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    _run(dvc + ["repro", "features"], clone, {**env, "PYTHONPATH": str(clone)})
+    locks = [yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (repo, clone)]
+    for stage in ("data", "features"):
+        assert locks[0][stage]["outs"] == locks[1][stage]["outs"], stage

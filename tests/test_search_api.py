@@ -87,7 +87,7 @@ def test_rerank_returns_the_retrievers_two_stage_ranking(client, engine):
     q = engine.store.captions[10]
     body = client.get("/api/search/text", params={"q": q, "k": 5, "rerank": "true"}).json()
     assert body["rerank"] is True
-    want = engine.retrievers["flat"].search_text(q, 5, True)
+    want = engine.retrievers["flat"].search_text(q, 5, engine.rerank_k)
     assert [h["image_index"] for h in body["hits"]] == [w.index for w in want]
     scores = [h["score"] for h in body["hits"]]
     assert scores == pytest.approx([w.score for w in want], abs=1e-5)

@@ -255,18 +255,18 @@ def test_short_run_improves_on_the_untrained_student(tmp_path, mode):
     assert set(logs) == {"distill": {"distill"}, "distill+triplet": {"distill", "triplet"},
                          "triplet": set()}[mode]
     result = fit(student, loss_fn, train, lambda m: student_metrics(m, val),
-                 OptimConfig(epochs=6, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None,
+                 OptimConfig(lr_decay_epochs=[], epochs=6, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None,
                  on_epoch_start=loss_fn.on_epoch_start)
     assert result.best_metrics["rsum"] > before + 100
 
 
 def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatch):
-    import importlib.util
     import json
     import sys
 
     import pandas as pd
-    import yaml
+
+    from tests._params import write_params
 
     from aladin.models.factory import load_model, save_checkpoint
 
@@ -275,14 +275,10 @@ def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatc
     teacher_cfg = {"d": 8, "heads": 2, "ff": 16}
     save_checkpoint(tmp_path / "models" / "teacher.pt", build_model("alignment", teacher_cfg, D_IMG, D_TXT),
                     "alignment", teacher_cfg)
-    params = {"seed": 0, "tracking": {"enabled": False},
-              "distill": {"model": {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8},
-                          "optim": {"epochs": 2, "batch_size": 8}, "device": "cpu"}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    spec = importlib.util.spec_from_file_location("distill_stage", "stages/distill.py")
-    stage = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "distill_stage", stage)   # dataclasses resolve types through it
-    spec.loader.exec_module(stage)
+    write_params(tmp_path, {"seed": 0, "tracking": {"enabled": False},
+                            "distill": {"model": {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8},
+                                        "optim": {"epochs": 2, "batch_size": 8}, "device": "cpu"}})
+    from stages import distill as stage
     monkeypatch.chdir(tmp_path)
 
     monkeypatch.setattr(sys, "argv", ["distill.py"])

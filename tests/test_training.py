@@ -12,7 +12,8 @@ from aladin.metrics import retrieval_metrics
 from aladin.models.factory import build_model
 from aladin.scoring import score_store
 from aladin.store import FeatureStore, StoreWriter
-from aladin.tracking import TrackingConfig, mlflow_run
+from aladin.params import TrackingParams
+from aladin.tracking import mlflow_run
 from aladin.training import OptimConfig, fit
 
 torch.set_num_threads(1)
@@ -64,7 +65,7 @@ def validator(val):
 def train(stores, ckpt_dir, epochs=3, lr=3e-3, **kw):
     train_store, val = stores
     model = make_model()
-    result = fit(model, loss_fn, train_store, validator(val), OptimConfig(epochs=epochs, batch_size=16, lr=lr),
+    result = fit(model, loss_fn, train_store, validator(val), OptimConfig(lr_decay_epochs=[], epochs=epochs, batch_size=16, lr=lr),
                  seed=0, device="cpu", checkpoint_dir=ckpt_dir, **kw)
     return model, result
 
@@ -113,7 +114,7 @@ def test_mlflow_run_records_params_metrics_and_artifacts(stores, tmp_path, monke
     artifact = tmp_path / "out.json"
     artifact.write_text("{}")
     params = {"seed": 0, "teacher": {"optim": {"lr": 3e-3}, "margin": 0.2}}
-    with mlflow_run("teacher", params, TrackingConfig(experiment="t")) as run:
+    with mlflow_run("teacher", params, TrackingParams(enabled=True, experiment="t")) as run:
         _, result = train(stores, None, epochs=2, run=run)
         run.log_artifact(artifact)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -127,10 +128,10 @@ def test_mlflow_run_records_params_metrics_and_artifacts(stores, tmp_path, monke
 
 
 def test_tracking_failure_does_not_raise(tmp_path):
-    with mlflow_run("teacher", {"a": 1}, TrackingConfig(), tracking_uri="bogus://nowhere") as run:
+    with mlflow_run("teacher", {"a": 1}, TrackingParams(enabled=True, experiment="aladin"), tracking_uri="bogus://nowhere") as run:
         run.log_metrics({"x": 1.0}, step=0)
         run.log_artifact(tmp_path)
     assert not run.active
-    with mlflow_run("teacher", {"a": 1}, {"enabled": False, "experiment": "x"}) as off:
+    with mlflow_run("teacher", {"a": 1}, TrackingParams(enabled=False, experiment="x")) as off:
         off.log_metrics({"x": 1.0})
     assert not off.active

@@ -1,6 +1,6 @@
 """Build the embedded scenes dataset: sample, caption, render, verify, and score the baselines.
 
-Each split draws from its own random stream (seeded by the shared seed and the split name), so
+Each split draws from its own random stream (seeded by data.seed and the split name), so
 the test set does not change when n_train does. Rendering is a pure function of the scene.
 """
 from __future__ import annotations
@@ -13,15 +13,12 @@ import multiprocessing
 import os
 import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from ..config import require
-from ..datasets.config import KarpathyConfig, PrecompConfig, VinvlTsvConfig
 from ..metrics import KS, protocol_metrics
 from .baselines import bow_scores, colour_scores
 from .captions import captions_for
@@ -30,31 +27,11 @@ from .parser import is_true
 from .render import render
 from .scenes import Scene, sample_split
 
+if TYPE_CHECKING:
+    from ..params import DataParams
+
 log = logging.getLogger("aladin")
 COCO_TEST_IMAGES = 5000
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: Literal["scenes", "karpathy", "precomp", "vinvl_tsv"] = "scenes"   # others: aladin/datasets
-    n_train: int = 5000
-    n_val: int = 1000
-    n_test: int = 5000          # the COCO 5K and 1K (5 folds) protocols need exactly 5000
-    image_size: int = 128
-    captions_per_image: int = 5
-    family_size: int = 4        # scenes per family (same attribute words, different bindings)
-    workers: int = 0            # rendering processes; 0 = one per usable CPU core (same output)
-    karpathy: KarpathyConfig = field(default_factory=KarpathyConfig)      # real datasets (docs/COCO.md)
-    precomp: PrecompConfig = field(default_factory=PrecompConfig)
-    vinvl_tsv: VinvlTsvConfig = field(default_factory=VinvlTsvConfig)
-
-    def validate(self) -> None:
-        for split in SPLITS:
-            require(getattr(self, f"n_{split}") > 0, f"n_{split}", "must be > 0")
-        require(64 <= self.image_size <= 1024, "image_size", "must be in [64, 1024] (objects must stay legible)")
-        require(1 <= self.captions_per_image <= 10, "captions_per_image", "must be in [1, 10]")
-        require(1 <= self.family_size <= 8, "family_size", "must be in [1, 8]")
-        require(self.workers >= 0, "workers", "must be >= 0 (0 = one per CPU core)")
 
 
 def _render_to(job: tuple[Scene, int, Path]) -> None:
@@ -63,7 +40,7 @@ def _render_to(job: tuple[Scene, int, Path]) -> None:
     render(scene, image_size).save(file, format="PNG", compress_level=1)
 
 
-def generate(out_dir: Path, cfg: DataConfig, seed: int) -> tuple[list[ImageRecord], list[dict[str, Any]]]:
+def generate(out_dir: Path, cfg: DataParams) -> tuple[list[ImageRecord], list[dict[str, Any]]]:
     """Write images/<split>/<index>.png under out_dir; return manifest entries and scene records."""
     if cfg.n_test != COCO_TEST_IMAGES:
         log.warning("data.n_test=%d: the COCO 5K / 1K protocols need %d test images", cfg.n_test, COCO_TEST_IMAGES)
@@ -71,7 +48,7 @@ def generate(out_dir: Path, cfg: DataConfig, seed: int) -> tuple[list[ImageRecor
     images, records, jobs = [], [], []
     for split in SPLITS:
         # Scenes and captions come from one sequential stream per split; rendering needs no randomness.
-        rng = random.Random(f"scenes/{seed}/{split}")
+        rng = random.Random(f"scenes/{cfg.seed}/{split}")
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         scenes = sample_split(rng, split, getattr(cfg, f"n_{split}"), cfg.family_size)
         for k, scene in enumerate(tqdm(scenes, desc=f"data: scenes {split}", unit="img", mininterval=2)):

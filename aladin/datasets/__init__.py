@@ -18,7 +18,7 @@ from ..data.manifest import SPLITS, ImageRecord
 from ..errors import ConfigError
 from ..io import write_json
 from .coco_ids import SIDECAR as COCO_IDS, coco_caption_ids, load_coco_ids
-from .config import KarpathyConfig, PrecompConfig, VinvlTsvConfig
+from ..params import KarpathyConfig, PrecompConfig, VinvlTsvConfig
 from .eccv import eccv_metrics, eccv_metrics_from_topk
 from .karpathy import karpathy_records, read_karpathy
 from .precomp import precomp_records

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..io import read_json
-from .config import SPLITS
+from ..data.manifest import SPLITS
 
 
 def read_karpathy(path: str | Path) -> dict[str, Any]:

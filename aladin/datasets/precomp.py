@@ -14,7 +14,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .config import SPLITS, PrecompConfig
+from ..data.manifest import SPLITS
+from ..params import PrecompConfig
 
 Regions = tuple[np.ndarray, np.ndarray, int]  # (R, D) appearance, (R, 6) boxes, valid count
 

@@ -18,7 +18,8 @@ import torch
 
 from ..errors import DataError
 from ..io import read_json
-from .config import SPLITS, VinvlTsvConfig
+from ..data.manifest import SPLITS
+from ..params import VinvlTsvConfig
 from .karpathy import karpathy_records
 from .precomp import Regions
 

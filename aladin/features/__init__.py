@@ -10,10 +10,10 @@ token sequences, the inputs of both ALADIN heads.
 
 Nothing here touches the network: packaged weights or local directories only.
 """
-from .extract import FeaturesConfig, extract_features
-from .query import image_batch, text_batch
+from .extract import extract_features
+from .query import image_batch, store_backbones, text_batch
 from .text import TextBackbone, load_text_backbone
 from .vision import VisionBackbone, grid_boxes, load_vision_backbone
 
-__all__ = ["FeaturesConfig", "extract_features", "image_batch", "text_batch", "TextBackbone",
+__all__ = ["extract_features", "image_batch", "store_backbones", "text_batch", "TextBackbone",
            "load_text_backbone", "VisionBackbone", "grid_boxes", "load_vision_backbone"]

@@ -14,16 +14,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from tqdm import tqdm
 
-from ..config import require
 from ..data.manifest import ImageRecord, load_dataset
 from ..datasets import PRECOMPUTED, RegionSource, open_precomputed, write_region_features
 from ..errors import DataError
@@ -32,28 +30,13 @@ from ..store import StoreWriter
 from .text import TextBackbone, load_text_backbone
 from .vision import VisionBackbone, load_pixels, load_vision_backbone
 
+if TYPE_CHECKING:
+    from ..params import FeaturesParams
+
 log = logging.getLogger("aladin")
 
 SPLITS = ("train", "val", "test")
 SORT_WINDOW = 32  # caption batches sorted by length together
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    vision_backbone: str = "efficientnet-lite0"   # or a local Hugging Face vision model directory
-    efficientnet_blocks: list[int] = field(default_factory=lambda: [4, 7, 10, 14])  # hypercolumn; [] = head map
-    text_backbone: str = "all-MiniLM-L6-v2"       # or a local Hugging Face BERT-like model directory
-    image_size: int = 128                         # backbone input side (pixels)
-    max_tokens: int = 32                          # word pieces per caption, [CLS] and [SEP] included
-    batch_size: int = 64
-    num_workers: int = 1                          # image decoding processes (0 = in the main process)
-    device: str = "auto"
-
-    def validate(self) -> None:
-        require(32 <= self.image_size <= 1024, "image_size", f"must be in [32, 1024], got {self.image_size}")
-        require(3 <= self.max_tokens <= 512, "max_tokens", f"must be in [3, 512], got {self.max_tokens}")
-        require(1 <= self.batch_size <= 4096, "batch_size", f"must be in [1, 4096], got {self.batch_size}")
-        require(0 <= self.num_workers <= 32, "num_workers", f"must be in [0, 32], got {self.num_workers}")
 
 
 class _ImageFiles(TorchDataset):
@@ -136,7 +119,7 @@ def _repo_relative(file: Path) -> str:
 
 
 def extract_split(records: Sequence[ImageRecord], vision: VisionBackbone | RegionSource, text: TextBackbone,
-                  path: Path, cfg: FeaturesConfig, captions_per_image: int, manifest_extra: dict[str, Any]) -> None:
+                  path: Path, cfg: FeaturesParams, captions_per_image: int, manifest_extra: dict[str, Any]) -> None:
     """Write the feature store of one split to `path` (atomically).
 
     `vision` is a backbone run on the image files, or a source of precomputed regions.
@@ -164,7 +147,7 @@ def extract_split(records: Sequence[ImageRecord], vision: VisionBackbone | Regio
              len(records) / max(t1 - t0, 1e-9), len(captions), len(captions) / max(t2 - t1, 1e-9), width)
 
 
-def extract_features(cfg: FeaturesConfig, dataset_path: Path, out_dir: Path, device: torch.device) -> None:
+def extract_features(cfg: FeaturesParams, dataset_path: Path, out_dir: Path, device: torch.device) -> None:
     """dataset.json -> ``out_dir/{train,val,test}`` feature stores; `out_dir` appears only when all are done.
 
     load_dataset has already checked that files exist and captions are non-empty text, the right

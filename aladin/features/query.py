@@ -8,9 +8,22 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..store import Batch
-from .text import TextBackbone
-from .vision import VisionBackbone, to_pixels
+from ..errors import DataError
+from ..store import Batch, FeatureStore
+from .text import TextBackbone, load_text_backbone
+from .vision import VisionBackbone, load_vision_backbone, to_pixels
+
+
+def store_backbones(store: FeatureStore, device: torch.device | str) -> tuple[TextBackbone, VisionBackbone]:
+    """The text and vision backbones that extracted `store`, rebuilt from its manifest's params."""
+    p = store.manifest.get("params", {})
+    try:
+        text = load_text_backbone(p["text_backbone"], p["max_tokens"], device)
+        vision = load_vision_backbone(p["vision_backbone"], p["image_size"], device,
+                                      p.get("efficientnet_blocks", []))     # older stores: the head map
+    except KeyError as e:
+        raise DataError(f"{store.path}/manifest.json: params lack {e}, cannot rebuild the backbones") from None
+    return text, vision
 
 
 def text_batch(backbone: TextBackbone, captions: list[str]) -> Batch:

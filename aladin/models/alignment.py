@@ -14,28 +14,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..config import require
+from ..params import AlignmentConfig
 from ..scoring import SCORE_CHUNK_MB, alignment_scores, score_embeddings
 from ..store import Batch
-
-
-@dataclass
-class AlignmentConfig:
-    d: int = 128               # width of the shared region / word space
-    layers: int = 1            # transformer encoder layers per modality
-    heads: int = 4
-    ff: int = 512              # feed-forward width
-    dropout: float = 0.1
-    pooling: Literal["mrsw", "mravgw", "lse"] = "mrsw"
-    temperature: float = 0.1   # of the soft max over regions (pooling: lse)
-
-    def validate(self) -> None:
-        require(self.d >= 1 and self.d % self.heads == 0, "d", f"must be a positive multiple of heads ({self.heads})")
-        require(self.layers >= 0, "layers", "must be >= 0")
-        require(self.heads >= 1, "heads", "must be >= 1")
-        require(self.ff >= 1, "ff", "must be >= 1")
-        require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        require(self.temperature > 0, "temperature", "must be > 0")
 
 
 class Encoder(nn.Module):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import require
+from ..params import CrossEncoderConfig
 from ..errors import DataError
 from ..store import Batch
 
@@ -57,19 +57,7 @@ class Block(nn.Module):
 class CrossEncoder(nn.Module):
     """``score_pairs(batch) -> (B,)`` logits; ``score_matrix(images, captions) -> (N_img, N_cap)``."""
 
-    @dataclass(frozen=True)
-    class Config:
-        width: int = 128
-        layers: int = 2
-        heads: int = 4
-        ff: int = 256
-        dropout: float = 0.1
-
-        def validate(self) -> None:
-            for name in ("width", "layers", "heads", "ff"):
-                require(getattr(self, name) > 0, name, "must be > 0")
-            require(self.width % self.heads == 0, "heads", f"must divide width={self.width}")
-            require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+    Config = CrossEncoderConfig
 
     def __init__(self, cfg: Config, d_img: int, d_txt: int) -> None:
         super().__init__()

@@ -52,6 +52,23 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, kind: str, cfg: A
         torch.save(ckpt, tmp)
 
 
+def save_skipped(path: str | os.PathLike, reason: str) -> None:
+    """A model output of a stage that did not train (e.g. cross.enabled false)."""
+    with atomic_path(path) as tmp:
+        torch.save({"skipped": reason}, tmp)
+
+
+def skipped_reason(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint at `path` is a skipped marker, or None for a real checkpoint."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: model checkpoint not found")
+    try:
+        marker = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:   # not our marker: load_model reports what is wrong with it
+        return None
+    return marker["skipped"] if isinstance(marker, dict) and "skipped" in marker else None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

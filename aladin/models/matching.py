@@ -17,10 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import require
+from ..params import MatchingConfig, Pooling
 from ..store import Batch
 
-Pooling = Literal["first", "mean", "attention"]
 
 
 class Pool(nn.Module):
@@ -61,22 +60,7 @@ class Tower(nn.Module):
 class MatchingHead(nn.Module):
     """The student. ``embed_images(batch) -> (B, dim)``, ``embed_texts(batch) -> (B, dim)``."""
 
-    @dataclass(frozen=True)
-    class Config:
-        d_model: int = 256
-        layers: int = 2
-        heads: int = 4
-        ff: int = 256
-        dropout: float = 0.1
-        shared: bool = True            # one encoder (+ pooling + projection) for both modalities
-        pooling: Pooling = "first"
-        dim: int = 256                 # D, the size of the global embedding
-
-        def validate(self) -> None:
-            for name in ("d_model", "layers", "heads", "ff", "dim"):
-                require(getattr(self, name) > 0, name, "must be > 0")
-            require(self.d_model % self.heads == 0, "heads", f"must divide d_model={self.d_model}")
-            require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+    Config = MatchingConfig
 
     def __init__(self, cfg: Config, d_img: int, d_txt: int) -> None:
         super().__init__()

@@ -21,19 +21,29 @@ from PIL import Image
 
 from ..errors import AladinError, DataError
 from ..io import read_json
-from ..latency import fix_threads
 from ..retriever import Retriever
-from ..runtime import resolve_device, setup_logging
+from ..runtime import resolve_device, set_threads, setup_logging
 from .engine import QueryError, SearchEngine, check_text, with_index_kind
 
 log = logging.getLogger("aladin")
 
 
+def evaluated_rerank_k(root: str | Path = ".") -> int:
+    """The re-rank depth the evaluate stage measured (metrics/eval.json): the default of --rerank-k."""
+    path = Path(root) / "metrics" / "eval.json"
+    try:
+        return int(read_json(path)["two_stage"]["rerank_k"])
+    except (DataError, KeyError, TypeError) as e:
+        raise AladinError(f"{path}: no evaluated re-rank depth ({e}); run the pipeline or pass --rerank-k") from None
+
+
 def load_engine(root: str | Path = ".", index: list[str] | None = None, teacher: bool = True,
-                threads: int = 1, concurrency: int = 1, split: str = "test", device: str = "cpu") -> SearchEngine:
+                threads: int = 1, concurrency: int = 1, split: str = "test", device: str = "cpu",
+                rerank_k: int | None = None) -> SearchEngine:
     """Load the Retriever once and wrap it in a SearchEngine serving the index kinds `index`
-    (default: the kind stored in index/; others are built at start from its embeddings)."""
-    fix_threads(threads)
+    (default: the kind stored in index/; others are built at start from its embeddings).
+    `rerank_k` defaults to the evaluated depth (:func:`evaluated_rerank_k`)."""
+    set_threads(threads)
     root = Path(root)
     teacher_path = root / "models" / "teacher.pt"
     if teacher and not teacher_path.is_file():
@@ -47,7 +57,8 @@ def load_engine(root: str | Path = ".", index: list[str] | None = None, teacher:
     retrievers = {kind: base if kind == stored else with_index_kind(base, kind) for kind in kinds}
     log.info("loaded %d images, %d captions; indexes %s; teacher %s", base.store.n_images,
              base.store.n_captions, ", ".join(kinds), "on" if teacher else "off")
-    return SearchEngine(retrievers, kinds[0], root=root, concurrency=concurrency)
+    rerank_k = rerank_k or (evaluated_rerank_k(root) if teacher else 1)
+    return SearchEngine(retrievers, kinds[0], root=root, concurrency=concurrency, rerank_k=rerank_k)
 
 
 def collection_captions(root: str | Path = ".", split: str = "test") -> list[str]:
@@ -95,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--no-teacher", action="store_true", help="do not load the teacher (no re-ranking)")
     common.add_argument("--threads", type=int, default=1, help="torch/faiss threads per query (default: 1)")
     common.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    common.add_argument("--rerank-k", type=int, default=None,
+                        help="student candidates the teacher re-ranks (default: the depth in metrics/eval.json)")
 
     p = argparse.ArgumentParser(prog="aladin-search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             raise AladinError("--rerank needs the teacher: drop --no-teacher")
         # Check the query before the seconds spent loading models.
         image = _open_image(Path(args.query)) if args.command == "image" else check_text(args.query)
+        if args.rerank_k is not None and args.rerank_k < 1:
+            raise AladinError(f"--rerank-k: must be >= 1, got {args.rerank_k}")
         engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,
-                             split=args.split, device=args.device)
+                             split=args.split, device=args.device, rerank_k=args.rerank_k)
         if args.command == "text":
             result = engine.search_text(args.query, args.k, args.rerank)
         else:
@@ -145,7 +160,7 @@ def serve(args: argparse.Namespace) -> None:
     from .service import create_app
 
     engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,
-                         concurrency=args.concurrency, split=args.split, device=args.device)
+                         concurrency=args.concurrency, split=args.split, device=args.device, rerank_k=args.rerank_k)
     log.info("serving on http://%s:%d/ (%d concurrent queries x %d threads)", args.host, args.port,
              args.concurrency, args.threads)
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning", access_log=False)

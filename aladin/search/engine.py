@@ -77,7 +77,8 @@ class SearchEngine:
     """
 
     def __init__(self, retrievers: dict[str, Retriever], default_index: str | None = None,
-                 root: str | Path = ".", limits: Limits = Limits(), concurrency: int = 1) -> None:
+                 root: str | Path = ".", limits: Limits = Limits(), concurrency: int = 1,
+                 rerank_k: int = 100) -> None:
         if not retrievers:
             raise ConfigError("search engine: no index to serve")
         if concurrency < 1:
@@ -89,6 +90,7 @@ class SearchEngine:
         self.root = Path(root)
         self.limits = limits
         self.concurrency = concurrency
+        self.rerank_k = rerank_k                 # student candidates the teacher re-orders
         self._slots = threading.BoundedSemaphore(concurrency)
         store = next(iter(retrievers.values())).store
         self.store = store
@@ -152,7 +154,7 @@ class SearchEngine:
     def _run(self, fn, query: Any, k: int, rerank: bool) -> tuple[list[Hit], float]:
         with self._slots:
             t0 = time.perf_counter()
-            hits = fn(query, k, rerank)
+            hits = fn(query, k, self.rerank_k if rerank else None)
             return hits, (time.perf_counter() - t0) * 1e3
 
     def _result(self, query: str, k: int, rerank: bool, index: str | None, ms: float,

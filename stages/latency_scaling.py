@@ -1,0 +1,26 @@
+"""Stage `latency_scaling`: index search alone as the collection grows (synthetic clustered
+vectors of the student's width) -> metrics/latency_scaling.json. Depends on the index params
+and the embedding width only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from aladin import params
+from aladin.io import write_json
+from aladin.latency import scaling_latency
+from aladin.runtime import run_stage, set_threads
+from aladin.store import open_split
+
+FEATURES, OUT = Path("features"), Path("metrics/latency_scaling.json")
+
+
+def main() -> None:
+    cfg, index, dim = params.load("latency"), params.load("index"), params.load("distill").model.dim
+    set_threads(cfg.threads)
+    store = open_split(FEATURES, "test")
+    rows = scaling_latency(dim, store.n_captions // store.n_images, index.index, cfg, params.seed())
+    write_json(OUT, {"rows": rows})
+
+
+if __name__ == "__main__":
+    run_stage(main)
