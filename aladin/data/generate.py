@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import require
 from ..datasets.config import KarpathyConfig, PrecompConfig, VinvlTsvConfig
-from ..metrics import KS, protocol_metrics
+from ..metrics import KS, check_protocols, protocol_metrics
 from .baselines import bow_scores, colour_scores
 from .captions import captions_for
 from .manifest import SPLITS, ImageRecord
@@ -31,7 +31,6 @@ from .render import render
 from .scenes import Scene, sample_split
 
 log = logging.getLogger("aladin")
-COCO_TEST_IMAGES = 5000
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class DataConfig:
     source: Literal["scenes", "karpathy", "precomp", "vinvl_tsv"] = "scenes"   # others: aladin/datasets
     n_train: int = 5000
     n_val: int = 1000
-    n_test: int = 5000          # the COCO 5K and 1K (5 folds) protocols need exactly 5000
+    n_test: int = 5000          # 5000: the COCO 5K and 1K (5 folds) protocols; 1K needs a multiple of 1000
     image_size: int = 128
     captions_per_image: int = 5
     family_size: int = 4        # scenes per family (same attribute words, different bindings)
@@ -65,8 +64,7 @@ def _render_to(job: tuple[Scene, int, Path]) -> None:
 
 def generate(out_dir: Path, cfg: DataConfig, seed: int) -> tuple[list[ImageRecord], list[dict[str, Any]]]:
     """Write images/<split>/<index>.png under out_dir; return manifest entries and scene records."""
-    if cfg.n_test != COCO_TEST_IMAGES:
-        log.warning("data.n_test=%d: the COCO 5K / 1K protocols need %d test images", cfg.n_test, COCO_TEST_IMAGES)
+    check_protocols(cfg.n_test)        # a size without the COCO protocols is told before rendering, once
     out_dir = Path(out_dir).resolve()          # ImageRecord.file is absolute
     images, records, jobs = [], [], []
     for split in SPLITS:
