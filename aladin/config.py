@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from .errors import ConfigError
+from .yaml_load import load_yaml
 
 T = TypeVar("T")
 PARAMS_FILE = "params.yaml"
@@ -24,7 +25,7 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(params, dict):

@@ -1,8 +1,9 @@
 """Evaluation rows: exhaustive scores, retrieval through a faiss index, two-stage re-ranking.
 
 Every row is reported under the COCO protocols of :func:`aladin.metrics.protocol_from_ranks`:
-'5k' (the whole test set) and '1k' (mean of 5 folds; a fold is its own 1,000-image collection,
-so index rows build the index over the fold's items with the same params).
+the whole test set ('5k' at 5,000 images) and, when its size allows, '1k' (mean over folds; a
+fold is its own 1,000-image collection, so index rows build the index over the fold's items with
+the same params). :func:`aladin.metrics.protocol_description` says which keys a size gets.
 
 Ranks through a top-k list follow :func:`aladin.metrics.topk_ranks_t2i`: within the list, its
 order; beyond it, ``max(k + 1, exhaustive rank)``, where the exhaustive rank comes from the
@@ -38,7 +39,8 @@ PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def protocol(rank_fn: RankFn, caption_image: np.ndarray) -> dict[str, dict[str, float]]:
-    """'5k' and '1k' metrics of a retrieval method over the test set described by `caption_image`."""
+    """Whole-set and (when supported) '1k' metrics of a retrieval method over the test set
+    described by `caption_image`."""
     n_images = int(np.max(caption_image)) + 1
     return protocol_from_ranks(rank_fn, n_images, captions_per_image(caption_image, n_images))
 

@@ -16,6 +16,8 @@ Retrieval through a top-k list (an index, a re-ranker) only knows the first k po
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Callable
 
 import numpy as np
@@ -23,9 +25,13 @@ import torch
 
 from .errors import DataError
 
+log = logging.getLogger("aladin")
+
 KS = (1, 5, 10)
 # Query rows per chunk: bounds the (chunk, N) temporaries to a few hundred MB at COCO 5K.
 _CHUNK = 1024
+FOLD_SIZE = 1000        # images per fold of the 1K protocol
+COCO_5K = 5000          # images of the 5K protocol
 
 
 def _check(scores: torch.Tensor, caption_image: np.ndarray) -> torch.Tensor:
@@ -123,7 +129,7 @@ def retrieval_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarr
     return summarize(ranks_i2t(scores, caption_image), ranks_t2i(scores, caption_image))
 
 
-def fold_slices(n_images: int, captions_per_image: int, fold_size: int = 1000) -> list[tuple[slice, slice]]:
+def fold_slices(n_images: int, captions_per_image: int, fold_size: int = FOLD_SIZE) -> list[tuple[slice, slice]]:
     """(image slice, caption slice) of each COCO-style 1K fold (5 folds for the 5K test set)."""
     if n_images % fold_size:
         raise DataError(f"{n_images} images do not split into folds of {fold_size}")
@@ -147,27 +153,73 @@ def full_key(n_images: int) -> str:
     return f"{n_images // 1000}k" if n_images % 1000 == 0 else f"n{n_images}"
 
 
+def supported_protocols(n_images: int, fold_size: int = FOLD_SIZE) -> tuple[str, ...]:
+    """The COCO protocols a test set of `n_images` supports.
+
+    '1k': the mean over folds of `fold_size` images, so `n_images` must be a positive multiple of
+    it (COCO 5K: 5 folds; Flickr30K's 1,000: one fold, the whole set). '5k': exactly 5,000 images.
+    The whole set is reported in any case, under :func:`full_key`.
+    """
+    out = ("1k",) if n_images >= fold_size and n_images % fold_size == 0 else ()
+    return out + (("5k",) if n_images == COCO_5K else ())
+
+
+@functools.cache
+def check_protocols(n_images: int, fold_size: int = FOLD_SIZE) -> tuple[str, ...]:
+    """:func:`supported_protocols`, with one warning per size and process when it supports neither
+    (every metrics row of a stage goes through here; the user needs to read it once)."""
+    supported = supported_protocols(n_images, fold_size)
+    if not supported:
+        log.warning("%d test images support neither the COCO 1K protocol (a multiple of %d images) nor "
+                    "5K (exactly %d): metrics are for the whole set only, under '%s'",
+                    n_images, fold_size, COCO_5K, full_key(n_images))
+    return supported
+
+
+def protocol_description(n_images: int, fold_size: int = FOLD_SIZE) -> dict[str, str]:
+    """What each metrics key of :func:`protocol_from_ranks` measures at this size (for eval.json)."""
+    supported = supported_protocols(n_images, fold_size)
+    full = f"the whole test set of {n_images} images"
+    if "5k" in supported:
+        full += " (the 5K protocol)"
+    elif n_images == fold_size:
+        full += " (one fold: the 1K protocol)"
+    elif not supported:
+        full += (f" (supports neither the 1K protocol, which needs a multiple of {fold_size} images, "
+                 f"nor 5K, which needs exactly {COCO_5K})")
+    out = {full_key(n_images): full}
+    if "1k" in supported and n_images > fold_size:
+        out["1k"] = (f"mean of {n_images // fold_size} folds of {fold_size} images "
+                     f"(each fold its own collection)")
+    return out
+
+
 RankFn = Callable[[slice, slice], tuple[np.ndarray, np.ndarray]]
 
 
 def protocol_from_ranks(rank_fn: RankFn, n_images: int, per_image: int,
-                        fold_size: int = 1000) -> dict[str, dict[str, float]]:
-    """COCO protocols for any retrieval method: '1k' = mean over folds, '5k' = all at once.
+                        fold_size: int = FOLD_SIZE) -> dict[str, dict[str, float]]:
+    """COCO protocols for any retrieval method: the whole set, plus '1k' = mean over folds when the
+    size supports it (:func:`supported_protocols`; keys as in :func:`protocol_description`).
 
     ``rank_fn(image_slice, caption_slice) -> (ranks_i2t, ranks_t2i)`` retrieves within that
     sub-collection only (a 1K fold is its own collection of 1,000 images). The full-set key is
     named after its size ('5k' for 5,000 images, 'n<N>' when N is not a multiple of 1,000).
     """
+    if n_images < 1 or per_image < 1:
+        # Means over no queries would be NaN.
+        raise DataError(f"retrieval metrics: {n_images} test images with {per_image} captions each")
     full = (slice(0, n_images), slice(0, n_images * per_image))
     out = {full_key(n_images): summarize(*rank_fn(*full))}
-    if n_images > fold_size and n_images % fold_size == 0:
+    # At n_images == fold_size the one fold is the whole set, already reported.
+    if "1k" in check_protocols(n_images, fold_size) and n_images > fold_size:
         folds = [summarize(*rank_fn(i, c)) for i, c in fold_slices(n_images, per_image, fold_size)]
         out["1k"] = {k: float(np.mean([f[k] for f in folds])) for k in folds[0]}
     return out
 
 
 def protocol_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray,
-                     fold_size: int = 1000) -> dict[str, dict[str, float]]:
+                     fold_size: int = FOLD_SIZE) -> dict[str, dict[str, float]]:
     """COCO protocols from one full (N_img, N_cap) score matrix (see :func:`protocol_from_ranks`)."""
     s = torch.as_tensor(scores, dtype=torch.float32)
     cap_img = np.asarray(caption_image)

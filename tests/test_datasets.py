@@ -91,6 +91,28 @@ def test_karpathy_bad_input(tmp_path, kwargs, match):
     assert "dataset_coco.json" in str(e.value)
 
 
+def test_karpathy_rejects_what_the_features_stage_would(tmp_path):
+    """A blank caption or an undecodable image is reported against the split file and its record,
+    not later by the features stage against data/dataset.json."""
+    ann, root = _karpathy(tmp_path)
+    cfg = KarpathyConfig(annotations=str(ann), images=str(root))
+    data = json.loads(ann.read_text())
+    data["images"][3]["sentences"][2]["raw"] = " \t "
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"dataset_coco.json: images\[3\] \(id 103\): sentences\[2\] is empty$"):
+        prepare("karpathy", cfg, CPI, tmp_path / "d")
+    data["images"][3]["sentences"][5:] = [{"raw": ""}]        # past captions_per_image: dropped, not checked
+    data["images"][3]["sentences"][2]["raw"] = "fixed"
+    ann.write_text(json.dumps(data))
+    prepare("karpathy", cfg, CPI, tmp_path / "d")
+
+    fake = root / "val2014" / "COCO_val2014_000000000106.jpg"
+    fake.write_text("not an image\n")
+    with pytest.raises(DataError, match=r"dataset_coco.json: images\[6\] \(id 106\): image "
+                                        r".*COCO_val2014_000000000106.jpg: cannot decode image"):
+        prepare("karpathy", cfg, CPI, tmp_path / "d")
+
+
 def test_karpathy_empty_split(tmp_path):
     ann, root = _karpathy(tmp_path)
     data = json.loads(ann.read_text())
@@ -293,6 +315,13 @@ def test_vinvl_too_few_captions(tmp_path):
     cfg, _ = _vinvl(tmp_path)
     (tmp_path / "vinvl" / "val_captions.json").write_text(json.dumps({"702": ["only", "four", "cap", "s"]}))
     with pytest.raises(DataError, match=r"val_captions.json: image 702 has 4 captions, need 5"):
+        prepare("vinvl_tsv", cfg, CPI, tmp_path / "data")
+
+
+def test_vinvl_blank_caption(tmp_path):
+    cfg, _ = _vinvl(tmp_path)
+    (tmp_path / "vinvl" / "val_captions.json").write_text(json.dumps({"702": ["a", "b", " ", "d", "e"]}))
+    with pytest.raises(DataError, match=r"val_captions.json: image 702 caption 2 is empty"):
         prepare("vinvl_tsv", cfg, CPI, tmp_path / "data")
 
 

@@ -126,6 +126,42 @@ def test_protocol_5k_naming():
     assert set(out) == {"2k", "1k"} and out["1k"]["rsum"] == 600.0
 
 
+@pytest.mark.parametrize("n, expected", [
+    (0, ()), (2, ()), (999, ()), (1000, ("1k",)), (2000, ("1k",)), (4500, ()), (5000, ("1k", "5k")),
+])
+def test_supported_protocols(n, expected):
+    assert M.supported_protocols(n) == expected
+
+
+def test_protocol_description_names_the_computed_keys():
+    assert M.protocol_description(5000) == {
+        "5k": "the whole test set of 5000 images (the 5K protocol)",
+        "1k": "mean of 5 folds of 1000 images (each fold its own collection)"}
+    assert M.protocol_description(2000) == {
+        "2k": "the whole test set of 2000 images",
+        "1k": "mean of 2 folds of 1000 images (each fold its own collection)"}
+    assert M.protocol_description(1000) == {"1k": "the whole test set of 1000 images (one fold: the 1K protocol)"}
+    assert M.protocol_description(3) == {"n3": "the whole test set of 3 images (supports neither the 1K "
+                                               "protocol, which needs a multiple of 1000 images, nor 5K, "
+                                               "which needs exactly 5000)"}
+    assert set(M.protocol_metrics(np.eye(2000, dtype=np.float32), np.arange(2000))) == {"2k", "1k"}
+
+
+def test_small_test_set_warns_once_and_has_no_nan(caplog):
+    """data.n_test: 3 -> whole-set metrics only (no '1k' key, nothing NaN), one warning per process."""
+    cap_img = np.repeat(np.arange(3), 2)
+    s = np.repeat(np.eye(3, dtype=np.float32), 2, axis=1)          # every caption matches its image
+    with caplog.at_level("WARNING", logger="aladin"):
+        rows = [M.protocol_metrics(s, cap_img) for _ in range(3)]
+    assert all(set(r) == {"n3"} and r["n3"]["rsum"] == 600.0 for r in rows)
+    assert all(np.isfinite(v) for v in rows[0]["n3"].values())
+    assert [r.getMessage() for r in caplog.records] == [
+        "3 test images support neither the COCO 1K protocol (a multiple of 1000 images) nor 5K "
+        "(exactly 5000): metrics are for the whole set only, under 'n3'"]
+    with pytest.raises(DataError, match="0 test images"):
+        M.protocol_from_ranks(lambda i, c: (np.zeros(0), np.zeros(0)), 0, 5)
+
+
 def test_bad_inputs():
     cap_img = np.array([0, 0, 1, 1])
     s = np.zeros((2, 4), np.float32)

@@ -6,6 +6,7 @@ student trained for a few seconds on an easy dataset, an untrained teacher for r
 from __future__ import annotations
 
 import json
+import re
 import struct
 import threading
 import time
@@ -180,16 +181,28 @@ def test_bad_image_requests(client, engine):
     ok_after(client)
 
 
+def test_unreadable_image_names_the_accepted_types(client):
+    """415: what to send instead, no Python object repr (PIL names our in-memory buffer)."""
+    types = "image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff"
+    r = client.post("/api/search/image", files={"file": ("notes.txt", b"this is not an image", "text/plain")})
+    assert r.status_code == 415
+    assert r.json()["detail"] == f"file: not a readable image (unknown format); accepted: {types}"
+    assert client.get("/health").json()["image_types"] == types.split(", ")
+
+
 def test_oversized_upload_is_refused(engine):
     small = SearchEngine(engine.retrievers, limits=Limits(max_upload_bytes=1000), root=engine.root)
     client = TestClient(create_app(small))
     big = png_bytes(engine.image_file(0)) + b"\0" * 200_000        # over the limit and its multipart slack
     r = client.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
-    assert r.status_code == 413 and "at most" in r.json()["detail"]
+    # The limit stated is the file's, the one /health reports, not the request's (file + framing).
+    assert client.get("/health").json()["max_upload_bytes"] == 1000
+    assert r.status_code == 413
+    assert re.fullmatch(r"file: request of \d{6} bytes, larger than the 1000 bytes allowed", r.json()["detail"])
     # Under the request limit but over the file limit: caught when reading the file.
     mid = b"\0" * 5000
     r = client.post("/api/search/image", files={"file": ("mid.png", mid, "image/png")})
-    assert r.status_code == 413 and "file: larger than the 1000 bytes allowed" in r.json()["detail"]
+    assert r.status_code == 413 and r.json()["detail"] == "file: larger than the 1000 bytes allowed"
     ok_after(client)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ..metrics import KS, protocol_metrics
+from ..metrics import KS, check_protocols, protocol_metrics
 from .baselines import bow_scores, colour_scores
 from .captions import captions_for
 from .manifest import SPLITS, ImageRecord
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from ..params import DataParams
 
 log = logging.getLogger("aladin")
-COCO_TEST_IMAGES = 5000
 
 
 def _render_to(job: tuple[Scene, int, Path]) -> None:
@@ -42,8 +41,7 @@ def _render_to(job: tuple[Scene, int, Path]) -> None:
 
 def generate(out_dir: Path, cfg: DataParams) -> tuple[list[ImageRecord], list[dict[str, Any]]]:
     """Write images/<split>/<index>.png under out_dir; return manifest entries and scene records."""
-    if cfg.n_test != COCO_TEST_IMAGES:
-        log.warning("data.n_test=%d: the COCO 5K / 1K protocols need %d test images", cfg.n_test, COCO_TEST_IMAGES)
+    check_protocols(cfg.n_test)        # a size without the COCO protocols is told before rendering, once
     out_dir = Path(out_dir).resolve()          # ImageRecord.file is absolute
     images, records, jobs = [], [], []
     for split in SPLITS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import DataError
 from ..io import read_json, write_json
@@ -43,6 +43,12 @@ class Dataset:
         return [im for im in self.images if im.split == name]
 
 
+def blank_caption(captions: Sequence[Any]) -> int | None:
+    """Index of the first caption that is not a string with some text, else None: what
+    :func:`load_dataset` rejects, and so what every data source must reject first."""
+    return next((j for j, c in enumerate(captions) if not isinstance(c, str) or not c.strip()), None)
+
+
 def _image(raw: Any, k: int, root: Path, cpi: int, path: Path) -> ImageRecord:
     where = f"{path}: images[{k}]"
     if not isinstance(raw, dict):
@@ -64,9 +70,9 @@ def _image(raw: Any, k: int, root: Path, cpi: int, path: Path) -> ImageRecord:
     if not isinstance(caps, list) or len(caps) != cpi:
         n = len(caps) if isinstance(caps, list) else type(caps).__name__
         raise DataError(f"{where}: expected {cpi} captions, got {n}")
-    for j, c in enumerate(caps):
-        if not isinstance(c, str) or not c.strip():
-            raise DataError(f"{where}: caption {j} is empty or not a string")
+    j = blank_caption(caps)
+    if j is not None:
+        raise DataError(f"{where}: caption {j} is empty or not a string")
     return ImageRecord(raw["id"], file, raw["split"], list(caps))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.images import check_image
+from ..data.manifest import blank_caption
 from ..errors import DataError
 from ..io import read_json
 from ..data.manifest import SPLITS
@@ -37,8 +39,8 @@ def karpathy_records(path: str | Path, captions_per_image: int, restval: bool = 
                      data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """dataset.json records ``{"id", "file", "split", "captions"}``, ordered train, val, test.
 
-    With `image_root`, ``file`` is the absolute image path and must exist; without it (the
-    precomputed-feature sources) ``file`` is the path relative to the image folder.
+    With `image_root`, ``file`` is the absolute image path and must exist and open as an image;
+    without it (the precomputed-feature sources) ``file`` is the path relative to the image folder.
     `data` is the already parsed file, if the caller has it.
     """
     path = Path(path)
@@ -59,13 +61,21 @@ def karpathy_records(path: str | Path, captions_per_image: int, restval: bool = 
         if len(captions) < captions_per_image:
             raise DataError(f"{where} (id {iid}): {len(captions)} captions, "
                             f"need {captions_per_image} per image")
+        # What load_dataset and the features stage reject, reported here against the user's file.
+        captions = captions[:captions_per_image]
+        j = blank_caption(captions)
+        if j is not None:
+            raise DataError(f"{where} (id {iid}): sentences[{j}] is empty")
         file = rel.as_posix()
         if image_root is not None:
             file = str((Path(image_root) / rel).resolve())
             if not Path(file).is_file():
                 raise DataError(f"{where} (id {iid}): image {file} not found")
-        by_split[split].append({"id": iid, "file": file, "split": split,
-                                "captions": captions[:captions_per_image]})
+            try:
+                check_image(file)
+            except DataError as e:
+                raise DataError(f"{where} (id {iid}): image {e}") from None
+        by_split[split].append({"id": iid, "file": file, "split": split, "captions": captions})
     if val_images:
         by_split["val"] = by_split["val"][:val_images]
     for split, recs in by_split.items():

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..data.manifest import blank_caption
 from ..errors import DataError
 from ..io import read_json
 from ..data.manifest import SPLITS
@@ -58,8 +59,11 @@ def _split_records(cfg: VinvlTsvConfig, captions_per_image: int) -> list[dict[st
         for iid, caps in items:
             if len(caps) < captions_per_image:
                 raise DataError(f"{file}: image {iid} has {len(caps)} captions, need {captions_per_image}")
-            records.append({"id": iid, "file": "", "split": split,
-                            "captions": [str(c).strip() for c in caps[:captions_per_image]]})
+            kept = [str(c).strip() for c in caps[:captions_per_image]]
+            j = blank_caption(kept)
+            if j is not None:
+                raise DataError(f"{file}: image {iid} caption {j} is empty")
+            records.append({"id": iid, "file": "", "split": split, "captions": kept})
     return records
 
 

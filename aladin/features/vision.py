@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..data.images import open_image
+from ..errors import ConfigError
 from .hf import from_local
 
 log = logging.getLogger("aladin")
@@ -66,13 +67,8 @@ def to_pixels(image: Image.Image, size: int) -> torch.Tensor:
 
 def load_pixels(file: Path, size: int) -> torch.Tensor:
     """Decode one image file; a missing or corrupt file is a DataError naming it."""
-    try:
-        with Image.open(file) as im:
-            return to_pixels(im, size)
-    except FileNotFoundError:
-        raise DataError(f"{file}: image file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{file}: cannot decode image ({e})") from None
+    with open_image(file) as im:
+        return to_pixels(im, size)
 
 
 class VisionBackbone:

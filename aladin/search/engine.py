@@ -42,6 +42,10 @@ class Limits:
     max_image_pixels: int = 40_000_000     # PIL's decompression-bomb guard, made an error
 
 
+# The formats a query image may come in: what browsers and phones send, all decoded by Pillow.
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
+
+
 def check_text(query: str, limits: Limits = Limits()) -> str:
     """The stripped query, or QueryError when it is empty or too long."""
     q = query.strip()
@@ -130,8 +134,11 @@ class SearchEngine:
                 img.load()
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise QueryError(f"{name}: too many pixels ({e})", 413) from None
+        except Image.UnidentifiedImageError:      # its message is the repr of our BytesIO
+            raise QueryError(f"{name}: not a readable image (unknown format); accepted: "
+                             f"{', '.join(IMAGE_TYPES)}", 415) from None
         except (OSError, SyntaxError, ValueError) as e:
-            raise QueryError(f"{name}: not a readable image ({e})", 415) from None
+            raise QueryError(f"{name}: not a readable image ({e}); accepted: {', '.join(IMAGE_TYPES)}", 415) from None
         return img.convert("RGB")
 
     # -- search -------------------------------------------------------------------------------
@@ -191,4 +198,5 @@ class SearchEngine:
                 "n_images": self.store.n_images, "n_captions": self.store.n_captions,
                 "rerank_available": next(iter(self.retrievers.values())).teacher is not None,
                 "max_k": self.limits.max_k, "max_query_chars": self.limits.max_query_chars,
-                "max_upload_bytes": self.limits.max_upload_bytes, "concurrency": self.concurrency}
+                "max_upload_bytes": self.limits.max_upload_bytes, "image_types": list(IMAGE_TYPES),
+                "concurrency": self.concurrency}

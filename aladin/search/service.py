@@ -37,18 +37,25 @@ Rerank = Annotated[bool, Query(description="re-rank the student's candidates wit
 Index = Annotated[str | None, Query(description="index kind (see /health); default: the service's default")]
 
 
-class UploadLimit:
-    """Refuse a declared oversized body before it is read (413), not after buffering it."""
+MULTIPART_SLACK = 64 * 1024   # bytes of multipart framing allowed on top of the file itself
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+class UploadLimit:
+    """Refuse a declared oversized body before it is read (413), not after buffering it.
+
+    The message states the file limit (`max_file_bytes`, the number /health reports), not the
+    request limit, which adds :data:`MULTIPART_SLACK`.
+    """
+
+    def __init__(self, app: Any, max_file_bytes: int) -> None:
+        self.app, self.max_file_bytes = app, max_file_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             length = dict(scope["headers"]).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self.max_bytes:
-                body = json.dumps({"detail": f"file: request of {int(length)} bytes, at most "
-                                             f"{self.max_bytes} allowed"}).encode()
+            if length.isdigit() and int(length) > self.max_file_bytes + MULTIPART_SLACK:
+                body = json.dumps({"detail": f"file: request of {int(length)} bytes, larger than the "
+                                             f"{self.max_file_bytes} bytes allowed"}).encode()
                 await send({"type": "http.response.start", "status": 413,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode())]})
@@ -69,8 +76,7 @@ def create_app(engine: SearchEngine) -> FastAPI:
     app = FastAPI(title="ALADIN search", version="0.1.0",
                   description="Cross-modal search: distilled student + faiss, optional teacher re-ranking.")
     app.state.engine = engine
-    # Multipart overhead on top of the file itself.
-    app.add_middleware(UploadLimit, max_bytes=engine.limits.max_upload_bytes + 64 * 1024)
+    app.add_middleware(UploadLimit, max_file_bytes=engine.limits.max_upload_bytes)
 
     @app.exception_handler(QueryError)
     def _query_error(request: Request, exc: QueryError) -> JSONResponse:
