@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from aladin.config import load_params, load_section
+from aladin.config import from_dict, load_params, section
 from aladin.errors import ConfigError
 
 
@@ -22,7 +22,7 @@ def test_scientific_notation_is_a_number(tmp_path, text, value):
     (tmp_path / "params.yaml").write_text(f"optim:\n  lr: {text}\n")
     raw = load_params(tmp_path / "params.yaml")["optim"]["lr"]
     assert raw == value and type(raw) is type(value)
-    assert load_section(Optim, "optim", tmp_path / "params.yaml").lr == value
+    assert from_dict(Optim, section("optim", tmp_path / "params.yaml"), "optim").lr == value
 
 
 @pytest.mark.parametrize("text", ["'1e-3'", "1e", "e5", "1e-3x"])
@@ -30,4 +30,4 @@ def test_strings_stay_strings(tmp_path, text):
     (tmp_path / "params.yaml").write_text(f"optim:\n  lr: {text}\n")
     assert isinstance(load_params(tmp_path / "params.yaml")["optim"]["lr"], str)
     with pytest.raises(ConfigError, match="optim.lr: expected a number"):
-        load_section(Optim, "optim", tmp_path / "params.yaml")
+        from_dict(Optim, section("optim", tmp_path / "params.yaml"), "optim")
