@@ -31,7 +31,7 @@ from aladin.errors import DataError
 from aladin.evaluation import evaluate_system, headline_metrics
 from aladin.index import load_index_dir
 from aladin.io import atomic_path, read_json, write_json
-from aladin.metrics import full_key
+from aladin.metrics import protocol_description
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split
 from aladin.tracking import mlflow_run
@@ -55,7 +55,7 @@ def main() -> None:
     teacher_scores = np.load(TEACHER_SCORES, mmap_mode="r")
     rows, depths = evaluate_system(idx, store, teacher_scores, fixed, load_cross(CROSS, device), p, seed, device, DATA)
     rows["protocol"] = {"n_images": store.n_images, "n_captions": store.n_captions,
-                        "1k": "mean of 5 folds of 1,000 images (each fold its own collection)",
+                        **protocol_description(store.n_images),
                         "ranks_past_top_k": "max(k+1, exhaustive student rank)",
                         "medr": "floor of the median rank"}
     with mlflow_run("evaluate", {"evaluate": asdict(p), "index": asdict(idx.cfg), "seed": seed}, tracking) as run:
@@ -66,11 +66,10 @@ def main() -> None:
         run.log_headline(headline_metrics(rows))
         run.log_artifact(OUT)
         run.log_artifact(DEPTHS_CSV)
-    fk = full_key(store.n_images)
     for name, row in rows.items():
-        if fk in row:
-            log.info("%-16s %s rsum %6.1f  1K rsum %6.1f", name, fk, row[fk]["rsum"],
-                     row.get("1k", {}).get("rsum", float("nan")))
+        figures = [f"{key} rsum {m['rsum']:6.1f}" for key, m in row.items() if isinstance(m, dict) and "rsum" in m]
+        if figures:
+            log.info("%-16s %s", name, "  ".join(figures))
 
 
 if __name__ == "__main__":

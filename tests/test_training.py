@@ -135,3 +135,45 @@ def test_tracking_failure_does_not_raise(tmp_path):
     with mlflow_run("teacher", {"a": 1}, TrackingParams(enabled=False, experiment="x")) as off:
         off.log_metrics({"x": 1.0})
     assert not off.active
+
+
+def test_finished_checkpoints_are_removed_and_live_ones_kept(tmp_path):
+    """A run DVC restored from its run cache after an interruption leaves checkpoints/<name>/
+    behind: it goes once models/<name>.pt is newer; a checkpoint still to resume stays."""
+    import os
+
+    from aladin.training import remove_finished_checkpoints
+
+    ckpt, models = tmp_path / "checkpoints", tmp_path / "models"
+    for name in ("teacher", "student"):
+        (ckpt / name).mkdir(parents=True)
+        (ckpt / name / "last.pt").write_bytes(b"x")
+    models.mkdir()
+    (models / "teacher.pt").write_bytes(b"m")
+    os.utime(ckpt / "teacher" / "last.pt", (1, 1))                  # the checkpoint is older
+    assert remove_finished_checkpoints(ckpt, models) == [ckpt / "teacher"]
+    assert (ckpt / "student" / "last.pt").is_file() and not (ckpt / "teacher").exists()
+
+
+def test_resumed_run_relogs_history_and_names_the_run_it_resumed(stores, tmp_path):
+    class Tracker:
+        def __init__(self, run_id):
+            self.run_id, self.metrics, self.tags = run_id, [], {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, metrics["val_rsum"]))
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    def interrupt(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    first = Tracker("run-1")
+    with pytest.raises(KeyboardInterrupt):
+        train(stores, tmp_path, epochs=2, run=first, on_epoch_end=interrupt)
+    second = Tracker("run-2")
+    _, result = train(stores, tmp_path, epochs=2, run=second)
+    assert second.tags == {"resumed_from_run": "run-1", "resumed_after_epoch": 0}
+    assert [s for s, _ in second.metrics] == [0, 1] and second.metrics[0] == first.metrics[0]
