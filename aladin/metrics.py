@@ -6,7 +6,11 @@ is the image that caption j describes.
 - image->text: an image query's rank is the best rank among its captions;
 - text->image: every caption is a query with exactly one correct image;
 - ranks are 1-based; ties count against the query (a wrong item with the same score as the
-  correct one ranks ahead of it), so a constant scorer gets no credit;
+  correct one ranks ahead of it), so a constant scorer gets no credit. "Wrong" is the
+  protocol's: for a caption query every image but its own, even one the caption is also true
+  of (an oracle that scores every true image alike ranks the correct one behind all of them);
+  for an image query every caption of another image, while its own captions never push each
+  other down (only the best of them counts);
 - R@K in percent, rsum = sum of the six recalls;
 - medr = floor of the median rank (VSE++'s ``floor(median(0-based ranks)) + 1``), so it is
   always a rank; meanr = mean rank.
