@@ -83,31 +83,53 @@ def _first_hit(hit: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
     return np.where(found, first, beyond)
 
 
-def topk_ranks_t2i(topk_images: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+def _scored_hit(hit: np.ndarray, valid: np.ndarray, scores: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Rank from a (Q, k) hit mask and the list's scores, with the tie rule of ranks_i2t/ranks_t2i:
+    1 + the listed non-hits scoring >= the best hit, whatever the list's order; else as _first_hit."""
+    s = np.asarray(scores, dtype=np.float32)               # the dtype the exhaustive ranks compare in
+    best = np.where(hit, s, -np.inf).max(axis=1, initial=-np.inf)
+    ahead = (valid & ~hit & (s >= best[:, None])).sum(axis=1)
+    beyond = np.maximum(np.asarray(fallback, dtype=np.int64), hit.shape[1] + 1)
+    return np.where(hit.any(axis=1), ahead + 1, beyond)
+
+
+def topk_ranks_t2i(topk_images: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray,
+                   topk_scores: np.ndarray | None = None) -> np.ndarray:
     """Ranks of caption queries answered by a top-k list of image ids (Q, k), best first.
+
+    Within the list: without `topk_scores`, the list's order (an index's answer); with the
+    (Q, k) scores of the listed items (a re-ranker's), the tie rule of :func:`ranks_t2i`, so
+    a listed image tied with the correct one counts ahead of it and a list holding the whole
+    collection gives exactly the exhaustive ranks of those scores.
 
     Convention for a correct image that is not in the list: its rank is
     ``max(k + 1, fallback)``, where `fallback` is its rank under exhaustive scoring of the
     same embeddings (for a re-ranker: the first stage's rank, i.e. the list continued in the
     first stage's order). So R@K for K <= k is exactly what the top-k list delivers (an
     approximate index's misses count as misses), and medr / meanr stay finite and honest.
-    Ids of -1 (faiss: fewer than k results) never match.
+    Ids of -1 (faiss: fewer than k results) never match and never count ahead.
     """
     topk_images = np.asarray(topk_images)
     hit = topk_images == np.asarray(caption_image)[:, None]
-    return _first_hit(hit, fallback, topk_images.shape[1])
+    if topk_scores is None:
+        return _first_hit(hit, fallback, topk_images.shape[1])
+    return _scored_hit(hit, topk_images >= 0, topk_scores, fallback)
 
 
-def topk_ranks_i2t(topk_captions: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+def topk_ranks_i2t(topk_captions: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray,
+                   topk_scores: np.ndarray | None = None) -> np.ndarray:
     """Ranks of image queries answered by a top-k list of caption ids (Q, k): first correct caption.
 
-    Same convention for misses as :func:`topk_ranks_t2i`.
+    Same conventions as :func:`topk_ranks_t2i`; with `topk_scores`, the tie rule of
+    :func:`ranks_i2t` (the best-scored own caption against the listed captions of other images).
     """
     topk_captions = np.asarray(topk_captions)
     cap_img = np.asarray(caption_image)
     valid = topk_captions >= 0
     hit = valid & (cap_img[np.where(valid, topk_captions, 0)] == np.arange(len(topk_captions))[:, None])
-    return _first_hit(hit, fallback, topk_captions.shape[1])
+    if topk_scores is None:
+        return _first_hit(hit, fallback, topk_captions.shape[1])
+    return _scored_hit(hit, valid, topk_scores, fallback)
 
 
 def summarize(r_i2t: np.ndarray, r_t2i: np.ndarray) -> dict[str, float]:

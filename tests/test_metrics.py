@@ -171,3 +171,38 @@ def test_topk_ranks_agree_with_exact_on_full_lists():
     top_cap = np.argsort(-s, axis=1)[:, :k]
     np.testing.assert_array_equal(M.topk_ranks_t2i(top_img, cap_img, exact_t2i), exact_t2i)
     np.testing.assert_array_equal(M.topk_ranks_i2t(top_cap, cap_img, exact_i2t), exact_i2t)
+
+
+# --- tie rule inside re-ranked lists ----------------------------------------------------------
+
+def test_topk_ranks_with_scores_count_a_tie_ahead_whatever_the_list_order():
+    cap_img = np.array([0, 1])
+    topk = np.array([[0, 2, 1],          # correct image 0 listed first, but image 2 ties with it
+                     [3, 1, -1]])        # correct image 1 second, strictly below image 3
+    scores = np.array([[0.5, 0.5, 0.1], [0.9, 0.2, 0.9]])   # the -1 slot's score never counts
+    fallback = np.array([1, 1])
+    np.testing.assert_array_equal(M.topk_ranks_t2i(topk, cap_img, fallback), [1, 2])      # list order
+    np.testing.assert_array_equal(M.topk_ranks_t2i(topk, cap_img, fallback, scores), [2, 2])
+    # i2t: 2 images x 2 captions; image 0's best own caption (c1, 0.7) ties with c2 of image 1.
+    cap_img = np.array([0, 0, 1, 1])
+    topk = np.array([[1, 2, 0], [0, 2, 3]])
+    scores = np.array([[0.7, 0.7, 0.7], [0.1, 0.4, 0.3]])
+    np.testing.assert_array_equal(M.topk_ranks_i2t(topk, cap_img, fallback, scores), [2, 1])
+    # No correct item listed: the fallback rule, as without scores.
+    np.testing.assert_array_equal(M.topk_ranks_t2i(np.array([[5, 6]]), np.array([0]), np.array([9]),
+                                                   np.zeros((1, 2))), [9])
+
+
+def test_topk_ranks_with_scores_over_the_whole_collection_equal_exhaustive_ranks_with_ties():
+    rng = np.random.default_rng(5)
+    cap_img = np.repeat(np.arange(6), 5)
+    s = rng.integers(0, 3, (6, 30)).astype(np.float32)               # many exact ties
+    # The lists hold every item, in an order that knows nothing of the scores.
+    top_img = np.stack([rng.permutation(6) for _ in range(30)])
+    top_cap = np.stack([rng.permutation(30) for _ in range(6)])
+    s_img = np.take_along_axis(s.T, top_img, axis=1)
+    s_cap = np.take_along_axis(s, top_cap, axis=1)
+    fb = np.ones(30, np.int64)
+    np.testing.assert_array_equal(M.topk_ranks_t2i(top_img, cap_img, fb, s_img), M.ranks_t2i(s, cap_img))
+    np.testing.assert_array_equal(M.topk_ranks_i2t(top_cap, cap_img, fb[:6], s_cap), M.ranks_i2t(s, cap_img))
+
