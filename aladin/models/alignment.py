@@ -28,6 +28,9 @@ class AlignmentConfig:
     dropout: float = 0.1
     pooling: Literal["mrsw", "mravgw", "lse"] = "mrsw"
     temperature: float = 0.1   # of the soft max over regions (pooling: lse)
+    # Words summed over: "no_special" leaves out [CLS] and [SEP]. Checkpoints saved before the
+    # field existed load as "all", the behaviour they were trained with.
+    words: Literal["all", "no_special"] = "all"
 
     def validate(self) -> None:
         require(self.d >= 1 and self.d % self.heads == 0, "d", f"must be a positive multiple of heads ({self.heads})")
@@ -79,12 +82,16 @@ class AlignmentModel(nn.Module):
               cap_mask: torch.Tensor, chunk_mb: float = SCORE_CHUNK_MB) -> torch.Tensor:
         """(N_img, N_cap) alignment scores of embedded images x embedded captions.
 
+        `cap_mask` is the valid-token mask (as embed_texts returns it); cfg.words picks the
+        words summed over, so every caller scores with the checkpoint's word set.
+
         Differentiable when gradients are on; otherwise the cache-blocked scorer (same values).
         """
         if torch.is_grad_enabled() and (img.requires_grad or cap.requires_grad):
-            return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature)
+            return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature,
+                                    self.cfg.words)
         return score_embeddings(img, img_mask, [(cap, cap_mask)], self.cfg.pooling, self.cfg.temperature,
-                                chunk_mb, progress=False)
+                                chunk_mb, progress=False, words=self.cfg.words)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """In-batch (B, B) score matrix of a pair batch: images as rows, captions as columns."""
