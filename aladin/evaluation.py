@@ -6,8 +6,9 @@ fold is its own 1,000-image collection, so index rows build the index over the f
 the same params). :func:`aladin.metrics.protocol_description` says which keys a size gets.
 
 Ranks through a top-k list follow :func:`aladin.metrics.topk_ranks_t2i`: within the list, its
-order; beyond it, ``max(k + 1, exhaustive rank)``, where the exhaustive rank comes from the
-same student embeddings (for two-stage: the student's order continues after the re-ranked k).
+order (index rows) or the re-ranking scores under the exhaustive ranks' pessimistic tie rule
+(two-stage rows); beyond it, ``max(k + 1, exhaustive rank)``, where the exhaustive rank comes
+from the same student embeddings (for two-stage: the student's order continues after the k).
 R@K for K <= k is exactly what the list delivers; medr / meanr use the fallback past k.
 """
 from __future__ import annotations
@@ -90,29 +91,24 @@ def index_rank_fn(retrieval: IndexedRetrieval, caption_image: np.ndarray, k: int
     return fn
 
 
-def _rerank(top: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Candidates (Q, k) re-ordered by `scores` (Q, k), best first; empty slots (-1) stay last."""
-    scores = np.where(top >= 0, scores, -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
-
-
 def two_stage_rank_fn(retrieval: IndexedRetrieval, caption_image: np.ndarray, k: int,
                       score_t2i: PairScorer, score_i2t: PairScorer) -> RankFn:
-    """Student top-k from the index, re-ordered by a pair scorer (the teacher, a cross-encoder).
+    """Student top-k from the index, re-ranked by a pair scorer (the teacher, a cross-encoder).
 
     ``score_t2i(caption_ids, image_ids (Q,k))`` and ``score_i2t(image_ids, caption_ids (Q,k))``
-    score the candidates; past k the student's exhaustive order continues.
+    score the candidates. Within the list the rank follows the pair scores with the tie rule of
+    the exhaustive ranks (a candidate tied with the correct item counts ahead of it; the student's
+    order breaks no ties), so k = the whole collection gives exactly the exhaustive ranks of the
+    pair scores; past k the student's exhaustive order continues.
     """
     def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
         fb_i2t, fb_t2i, cap = _fallback(retrieval.image_emb, retrieval.caption_emb, caption_image, i, c)
         top_img, top_cap = retrieval.topk(i, c, k)
         q_cap, q_img = np.arange(c.start, c.stop), np.arange(i.start, i.stop)
-        top_img = _rerank(top_img, score_t2i(q_cap, top_img))
-        top_cap = _rerank(top_cap, score_i2t(q_img, top_cap))
+        s_img, s_cap = score_t2i(q_cap, top_img), score_i2t(q_img, top_cap)
         local_img = np.where(top_img >= 0, top_img - i.start, -1)
         local_cap = np.where(top_cap >= 0, top_cap - c.start, -1)
-        return topk_ranks_i2t(local_cap, cap, fb_i2t), topk_ranks_t2i(local_img, cap, fb_t2i)
+        return topk_ranks_i2t(local_cap, cap, fb_i2t, s_cap), topk_ranks_t2i(local_img, cap, fb_t2i, s_img)
     return fn
 
 

@@ -6,7 +6,11 @@ is the image that caption j describes.
 - image->text: an image query's rank is the best rank among its captions;
 - text->image: every caption is a query with exactly one correct image;
 - ranks are 1-based; ties count against the query (a wrong item with the same score as the
-  correct one ranks ahead of it), so a constant scorer gets no credit;
+  correct one ranks ahead of it), so a constant scorer gets no credit. "Wrong" is the
+  protocol's: for a caption query every image but its own, even one the caption is also true
+  of (an oracle that scores every true image alike ranks the correct one behind all of them);
+  for an image query every caption of another image, while its own captions never push each
+  other down (only the best of them counts);
 - R@K in percent, rsum = sum of the six recalls;
 - medr = floor of the median rank (VSE++'s ``floor(median(0-based ranks)) + 1``), so it is
   always a rank; meanr = mean rank.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -85,31 +89,127 @@ def _first_hit(hit: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
     return np.where(found, first, beyond)
 
 
-def topk_ranks_t2i(topk_images: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+def _scored_hit(hit: np.ndarray, valid: np.ndarray, scores: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Rank from a (Q, k) hit mask and the list's scores, with the tie rule of ranks_i2t/ranks_t2i:
+    1 + the listed non-hits scoring >= the best hit, whatever the list's order; else as _first_hit."""
+    s = np.asarray(scores, dtype=np.float32)               # the dtype the exhaustive ranks compare in
+    best = np.where(hit, s, -np.inf).max(axis=1, initial=-np.inf)
+    ahead = (valid & ~hit & (s >= best[:, None])).sum(axis=1)
+    beyond = np.maximum(np.asarray(fallback, dtype=np.int64), hit.shape[1] + 1)
+    return np.where(hit.any(axis=1), ahead + 1, beyond)
+
+
+def topk_ranks_t2i(topk_images: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray,
+                   topk_scores: np.ndarray | None = None) -> np.ndarray:
     """Ranks of caption queries answered by a top-k list of image ids (Q, k), best first.
+
+    Within the list: without `topk_scores`, the list's order (an index's answer); with the
+    (Q, k) scores of the listed items (a re-ranker's), the tie rule of :func:`ranks_t2i`, so
+    a listed image tied with the correct one counts ahead of it and a list holding the whole
+    collection gives exactly the exhaustive ranks of those scores.
 
     Convention for a correct image that is not in the list: its rank is
     ``max(k + 1, fallback)``, where `fallback` is its rank under exhaustive scoring of the
     same embeddings (for a re-ranker: the first stage's rank, i.e. the list continued in the
     first stage's order). So R@K for K <= k is exactly what the top-k list delivers (an
     approximate index's misses count as misses), and medr / meanr stay finite and honest.
-    Ids of -1 (faiss: fewer than k results) never match.
+    Ids of -1 (faiss: fewer than k results) never match and never count ahead.
     """
     topk_images = np.asarray(topk_images)
     hit = topk_images == np.asarray(caption_image)[:, None]
-    return _first_hit(hit, fallback, topk_images.shape[1])
+    if topk_scores is None:
+        return _first_hit(hit, fallback, topk_images.shape[1])
+    return _scored_hit(hit, topk_images >= 0, topk_scores, fallback)
 
 
-def topk_ranks_i2t(topk_captions: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+def topk_ranks_i2t(topk_captions: np.ndarray, caption_image: np.ndarray, fallback: np.ndarray,
+                   topk_scores: np.ndarray | None = None) -> np.ndarray:
     """Ranks of image queries answered by a top-k list of caption ids (Q, k): first correct caption.
 
-    Same convention for misses as :func:`topk_ranks_t2i`.
+    Same conventions as :func:`topk_ranks_t2i`; with `topk_scores`, the tie rule of
+    :func:`ranks_i2t` (the best-scored own caption against the listed captions of other images).
     """
     topk_captions = np.asarray(topk_captions)
     cap_img = np.asarray(caption_image)
     valid = topk_captions >= 0
     hit = valid & (cap_img[np.where(valid, topk_captions, 0)] == np.arange(len(topk_captions))[:, None])
-    return _first_hit(hit, fallback, topk_captions.shape[1])
+    if topk_scores is None:
+        return _first_hit(hit, fallback, topk_captions.shape[1])
+    return _scored_hit(hit, valid, topk_scores, fallback)
+
+
+def within_family_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray,
+                          family_of_image: Sequence[Hashable]) -> dict[str, float]:
+    """Text->image retrieval among the images of the caption's own scene family only.
+
+    Family members share every attribute word and differ only in how they bind them, so this
+    isolates binding from the easy part of retrieval (telling families apart). For caption j
+    the rank is 1 + the number of *other* images of its image's family scoring >= its image
+    (the tie rule of :func:`ranks_t2i`). Returns ``t2i_family_r1`` (percent of captions
+    ranking their image first in its family), ``family_size`` (mean number of candidates per
+    caption, its own image included) and ``t2i_family_chance_r1`` (the expected R@1 of a random
+    order, 100 * mean(1 / family size)). Applied to the oracle's scores it is the family-wise
+    ceiling.
+    """
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    cap_img = _check(s, caption_image).numpy()
+    families, fam = np.unique(np.asarray(family_of_image), return_inverse=True)
+    if fam.shape != (s.shape[0],):
+        raise DataError(f"family_of_image: {fam.shape[0]} entries for {s.shape[0]} images")
+    # members[f] = the images of family f, padded with -1 to the largest family.
+    order = np.argsort(fam, kind="stable")
+    sizes = np.bincount(fam, minlength=len(families))
+    slot = np.arange(len(order)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    members = np.full((len(families), max(int(sizes.max(initial=0)), 1)), -1)
+    members[fam[order], slot] = order
+    cand = members[fam[cap_img]]                                                   # (N_cap, F)
+    valid = cand >= 0
+    cols = np.arange(len(cap_img))[:, None]
+    sc = s.numpy()[np.where(valid, cand, 0), cols]                                  # (N_cap, F)
+    pos = sc[valid & (cand == cap_img[:, None])]                                    # (N_cap,)
+    rank = (valid & (sc >= pos[:, None])).sum(axis=1)                               # counts itself
+    size = valid.sum(axis=1)
+    return {"t2i_family_r1": float(100.0 * np.mean(rank == 1)), "family_size": float(np.mean(size)),
+            "t2i_family_chance_r1": float(100.0 * np.mean(1.0 / size))}
+
+
+def count_score_ties(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> dict[str, float]:
+    """How many queries the pessimistic tie rule touches: a wrong item scores exactly the correct one.
+
+    t2i: captions with another image scoring exactly their image's score; i2t: images with a
+    caption of another image scoring exactly their best own caption's score. On these queries
+    the pessimistic rank is worse than an optimistic one, and a sort-based script's rank is
+    arbitrary. Counts (``t2i_tied``, ``i2t_tied``) and percent of queries (``*_tied_pct``).
+    """
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    cap_img = _check(s, caption_image)
+    n_img, n_cap = s.shape
+    t2i = i2t = 0
+    for start in range(0, n_cap, _CHUNK):
+        cols = s[:, start:start + _CHUNK]                                               # (N_img, C)
+        own = cap_img[start:start + _CHUNK]
+        wrong = own[None, :] != torch.arange(n_img)[:, None]
+        pos = cols.gather(0, own[None, :])
+        t2i += int(((cols == pos) & wrong).any(dim=0).sum())
+    for start in range(0, n_img, _CHUNK):
+        rows = s[start:start + _CHUNK]                                                  # (C, N_cap)
+        positive = cap_img[None, :] == torch.arange(start, start + rows.shape[0])[:, None]
+        best = rows.masked_fill(~positive, float("-inf")).max(dim=1).values
+        i2t += int(((rows == best[:, None]) & ~positive).any(dim=1).sum())
+    return {"t2i_tied": t2i, "t2i_tied_pct": 100.0 * t2i / max(n_cap, 1),
+            "i2t_tied": i2t, "i2t_tied_pct": 100.0 * i2t / max(n_img, 1)}
+
+
+def duplicate_captions(captions: Sequence[str], caption_image: np.ndarray) -> int:
+    """Number of captions whose exact text is also a caption of another image.
+
+    Identical texts get identical embeddings, so every such pair ties exactly under any model
+    (t2i: the other image; i2t: the other image's copy), and no scorer can tell them apart.
+    """
+    images_of: dict[str, set[int]] = {}
+    for text, image in zip(captions, np.asarray(caption_image).tolist()):
+        images_of.setdefault(text, set()).add(image)
+    return sum(len(images_of[text]) > 1 for text in captions)
 
 
 def summarize(r_i2t: np.ndarray, r_t2i: np.ndarray) -> dict[str, float]:

@@ -7,7 +7,9 @@ For an image with region vectors r_1..r_R and a caption with word vectors w_1..w
 - mravgw: mean_l max_r <r, w_l>
 - lse:    sum_l T * logsumexp_r(<r, w_l> / T)  (soft max over regions, -> mrsw as T -> 0)
 
-Padded regions never win the max; padded words add nothing. No region or word is dropped.
+Padded regions never win the max; padded words add nothing. No region is dropped; the words
+summed over are every valid token (``words="all"``, [CLS] and [SEP] included) or the valid
+tokens without the first ([CLS]) and the last ([SEP]) of each caption (``"no_special"``).
 
 Speed: the (n*R, d) @ (d, m*L) similarity block is reduced right after it is computed; the block
 is kept small (``chunk_mb``) so that reduction reads it from cache, not from memory (a block
@@ -29,6 +31,24 @@ log = logging.getLogger("aladin")
 SCORE_CHUNK_MB = 2.0   # default similarity block: about the size of one core's L2 cache
 Pooling = Literal["mrsw", "mravgw", "lse"]
 POOLINGS = ("mrsw", "mravgw", "lse")
+Words = Literal["all", "no_special"]
+WORD_SETS = ("all", "no_special")
+
+
+def word_mask(cap_mask: torch.Tensor, words: Words) -> torch.Tensor:
+    """(M, L) mask of the words the pooling runs over, from the (M, L) valid-token mask.
+
+    "no_special" drops each caption's first and last *valid* token ([CLS], [SEP]: the text
+    features keep both, aladin.features.text), not the last padded position; a caption of two
+    tokens or fewer keeps no word and scores 0.
+    """
+    if words == "all":
+        return cap_mask
+    length = cap_mask.shape[-1]
+    pos = torch.arange(length, device=cap_mask.device)
+    first = cap_mask.int().argmax(dim=-1)                             # argmax: the first True
+    last = length - 1 - cap_mask.flip(-1).int().argmax(dim=-1)
+    return cap_mask & (pos != first[..., None]) & (pos != last[..., None])
 
 
 def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
@@ -38,11 +58,13 @@ def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.T
 
 
 def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor, cap_mask: torch.Tensor,
-                     pooling: Pooling = "mrsw", temperature: float = 0.1) -> torch.Tensor:
+                     pooling: Pooling = "mrsw", temperature: float = 0.1, words: Words = "all") -> torch.Tensor:
     """(N, M) scores of images (N, R, d) with mask (N, R) x captions (M, L, d) with mask (M, L).
 
     Exact and differentiable; memory N*R*M*L floats (use :func:`score_embeddings` for big sets).
+    `words`: the word set summed over (:func:`word_mask`).
     """
+    cap_mask = word_mask(cap_mask, words)
     n, r, d = img.shape
     m, length, _ = cap.shape
     if pooling != "lse":
@@ -61,7 +83,8 @@ def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tenso
 
 def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple[torch.Tensor, torch.Tensor]],
                      pooling: Pooling = "mrsw", temperature: float = 0.1, chunk_mb: float = SCORE_CHUNK_MB,
-                     columns: list[torch.Tensor] | None = None, progress: bool = True) -> torch.Tensor:
+                     columns: list[torch.Tensor] | None = None, progress: bool = True,
+                     words: Words = "all") -> torch.Tensor:
     """(N, sum M_k) scores of embedded images against caption groups [(cap (M_k, L_k, d), mask)].
 
     Captions come in groups so each group can be padded to its own length (sorted by length,
@@ -77,6 +100,7 @@ def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple
     out = torch.empty(n, total_caps, dtype=torch.float32, device=img.device)
     if columns is None:
         columns = list(torch.arange(total_caps, device=img.device).split([c.shape[0] for c, _ in caps]))
+    caps = [(cap, word_mask(cap_mask, words)) for cap, cap_mask in caps]
     fast = pooling != "lse"
     if fast:
         img = _pad_with_first_region(img, img_mask)
@@ -160,4 +184,4 @@ def score_store(model: torch.nn.Module, store, device: torch.device | str, chunk
         caps.append(model.embed_texts(store.caption_batch(caption_idx[group]).to(device)))
         columns.append(torch.from_numpy(group).to(img.device))
     return score_embeddings(img, img_mask, caps, model.cfg.pooling, model.cfg.temperature, chunk_mb,
-                            columns=columns, progress=progress)
+                            columns=columns, progress=progress, words=model.cfg.words)

@@ -146,6 +146,22 @@ def test_two_stage_with_an_oracle_reranker(collection):
     assert set(out) == {"n40", "1k"}
 
 
+def test_two_stage_over_the_whole_collection_equals_exhaustive_ranks_with_ties(collection):
+    img, cap, cap_img = collection
+    # A re-ranker with many exact ties: the student's order must not break them in its favour.
+    tied = np.random.default_rng(1).integers(0, 3, (40, 200)).astype(np.float32)
+    tied[cap_img, np.arange(200)] = 1.0                           # correct items tie with others
+    retrieval = E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0)
+    fn = E.two_stage_rank_fn(retrieval, cap_img, 200, *E.matrix_scorers(tied))
+    r_i2t, r_t2i = fn(slice(0, 40), slice(0, 200))
+    np.testing.assert_array_equal(r_t2i, M.ranks_t2i(tied, cap_img))
+    np.testing.assert_array_equal(r_i2t, M.ranks_i2t(tied, cap_img))
+    # A 20-image fold re-ranked whole equals the exhaustive ranks inside the fold.
+    sub_i2t, sub_t2i = fn(slice(20, 40), slice(100, 200))
+    np.testing.assert_array_equal(sub_t2i, M.ranks_t2i(tied[20:, 100:], cap_img[100:] - 20))
+    np.testing.assert_array_equal(sub_i2t, M.ranks_i2t(tied[20:, 100:], cap_img[100:] - 20))
+
+
 def test_index_recall_of_flat_is_one(collection):
     img, cap, _ = collection
     rec = E.index_recall(E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0))

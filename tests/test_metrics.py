@@ -207,3 +207,93 @@ def test_topk_ranks_agree_with_exact_on_full_lists():
     top_cap = np.argsort(-s, axis=1)[:, :k]
     np.testing.assert_array_equal(M.topk_ranks_t2i(top_img, cap_img, exact_t2i), exact_t2i)
     np.testing.assert_array_equal(M.topk_ranks_i2t(top_cap, cap_img, exact_i2t), exact_i2t)
+
+
+# --- tie rule inside re-ranked lists ----------------------------------------------------------
+
+def test_topk_ranks_with_scores_count_a_tie_ahead_whatever_the_list_order():
+    cap_img = np.array([0, 1])
+    topk = np.array([[0, 2, 1],          # correct image 0 listed first, but image 2 ties with it
+                     [3, 1, -1]])        # correct image 1 second, strictly below image 3
+    scores = np.array([[0.5, 0.5, 0.1], [0.9, 0.2, 0.9]])   # the -1 slot's score never counts
+    fallback = np.array([1, 1])
+    np.testing.assert_array_equal(M.topk_ranks_t2i(topk, cap_img, fallback), [1, 2])      # list order
+    np.testing.assert_array_equal(M.topk_ranks_t2i(topk, cap_img, fallback, scores), [2, 2])
+    # i2t: 2 images x 2 captions; image 0's best own caption (c1, 0.7) ties with c2 of image 1.
+    cap_img = np.array([0, 0, 1, 1])
+    topk = np.array([[1, 2, 0], [0, 2, 3]])
+    scores = np.array([[0.7, 0.7, 0.7], [0.1, 0.4, 0.3]])
+    np.testing.assert_array_equal(M.topk_ranks_i2t(topk, cap_img, fallback, scores), [2, 1])
+    # No correct item listed: the fallback rule, as without scores.
+    np.testing.assert_array_equal(M.topk_ranks_t2i(np.array([[5, 6]]), np.array([0]), np.array([9]),
+                                                   np.zeros((1, 2))), [9])
+
+
+def test_topk_ranks_with_scores_over_the_whole_collection_equal_exhaustive_ranks_with_ties():
+    rng = np.random.default_rng(5)
+    cap_img = np.repeat(np.arange(6), 5)
+    s = rng.integers(0, 3, (6, 30)).astype(np.float32)               # many exact ties
+    # The lists hold every item, in an order that knows nothing of the scores.
+    top_img = np.stack([rng.permutation(6) for _ in range(30)])
+    top_cap = np.stack([rng.permutation(30) for _ in range(6)])
+    s_img = np.take_along_axis(s.T, top_img, axis=1)
+    s_cap = np.take_along_axis(s, top_cap, axis=1)
+    fb = np.ones(30, np.int64)
+    np.testing.assert_array_equal(M.topk_ranks_t2i(top_img, cap_img, fb, s_img), M.ranks_t2i(s, cap_img))
+    np.testing.assert_array_equal(M.topk_ranks_i2t(top_cap, cap_img, fb[:6], s_cap), M.ranks_i2t(s, cap_img))
+
+
+# --- within-family accuracy, tie counts, duplicate captions -----------------------------------
+
+def naive_family(scores, cap_img, family):
+    r1, sizes = [], []
+    for j in range(scores.shape[1]):
+        mine = [i for i in range(scores.shape[0]) if family[i] == family[cap_img[j]]]
+        pos = scores[cap_img[j], j]
+        r1.append(1 + sum(1 for i in mine if i != cap_img[j] and scores[i, j] >= pos) == 1)
+        sizes.append(len(mine))
+    return {"t2i_family_r1": 100 * np.mean(r1), "family_size": np.mean(sizes),
+            "t2i_family_chance_r1": 100 * np.mean([1 / n for n in sizes])}
+
+
+def test_within_family_metrics_match_a_naive_loop_with_ties():
+    rng = np.random.default_rng(2)
+    family = ["f0"] * 4 + ["f4"] * 3 + ["f7"] * 4 + ["f11"]          # uneven, a singleton, not sorted by name
+    perm = rng.permutation(12)
+    family = [family[p] for p in perm]
+    cap_img = np.repeat(np.arange(12), 5)
+    s = rng.integers(0, 3, (12, 60)).astype(np.float32)
+    out = M.within_family_metrics(s, cap_img, family)
+    expected = naive_family(s, cap_img, family)
+    assert out.keys() == expected.keys()
+    for k in out:
+        assert out[k] == pytest.approx(expected[k])
+    # A constant scorer gets credit only where the family is the image alone.
+    const = M.within_family_metrics(np.zeros((12, 60), np.float32), cap_img, family)
+    assert const["t2i_family_r1"] == pytest.approx(100 * 5 / 60)
+    with pytest.raises(DataError, match="family_of_image"):
+        M.within_family_metrics(s, cap_img, family[:-1])
+
+
+def test_count_score_ties_matches_a_naive_loop():
+    rng = np.random.default_rng(4)
+    cap_img = np.repeat(np.arange(7), 3)
+    s = rng.integers(0, 4, (7, 21)).astype(np.float32)
+    t2i = sum(any(s[i, j] == s[cap_img[j], j] for i in range(7) if i != cap_img[j]) for j in range(21))
+    i2t = 0
+    for i in range(7):
+        best = max(s[i, j] for j in range(21) if cap_img[j] == i)
+        i2t += any(s[i, j] == best for j in range(21) if cap_img[j] != i)
+    out = M.count_score_ties(s, cap_img)
+    assert (out["t2i_tied"], out["i2t_tied"]) == (t2i, i2t) and 0 < t2i < 21
+    assert out["t2i_tied_pct"] == pytest.approx(100 * t2i / 21) and out["i2t_tied_pct"] == pytest.approx(100 * i2t / 7)
+    distinct = M.count_score_ties(rng.standard_normal((7, 21)).astype(np.float32), cap_img)
+    assert (distinct["t2i_tied"], distinct["i2t_tied"]) == (0, 0)
+
+
+def test_duplicate_captions_count_copies_across_images_only():
+    captions = ["a red circle", "a red circle", "two shapes", "a blue star", "two shapes", "a red circle"]
+    cap_img = [0, 0, 1, 1, 2, 2]
+    # "a red circle" is in images 0 and 2 (all three copies count); "two shapes" in 1 and 2.
+    assert M.duplicate_captions(captions, cap_img) == 5
+    assert M.duplicate_captions(["x", "x", "y"], [0, 0, 1]) == 0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from aladin.errors import DataError
 from aladin.losses import positive_mask, triplet_loss
 from aladin.models.factory import build_model, load_model, save_checkpoint
-from aladin.scoring import POOLINGS, alignment_scores, score_embeddings, score_store
+from aladin.scoring import POOLINGS, alignment_scores, score_embeddings, score_store, word_mask
 from aladin.store import Batch
 
 from _stores import random_store
@@ -198,3 +198,67 @@ def test_all_negatives_triplet_loss_matches_naive_sum():
                 total += sum(max(0.0, 0.2 - s[i, j] + s[i, k]) for k in range(5) if not pos[i, k])
                 total += sum(max(0.0, 0.2 - s[i, j] + s[k, j]) for k in range(5) if not pos[k, j])
     assert triplet_loss(s, pos, 0.2, hardest=False).item() == pytest.approx(float(total) / n_pos, rel=1e-5)
+
+
+def naive_words_score(img, img_mask, cap, counts, pooling, first, stop):
+    """MrSw-style pooling over word positions first..count-1-stop of each caption (plain loops)."""
+    out = torch.zeros(img.shape[0], cap.shape[0])
+    for i in range(img.shape[0]):
+        regions = [img[i, r] for r in range(img.shape[1]) if img_mask[i, r]]
+        for j in range(cap.shape[0]):
+            per_word = []
+            for w in range(first, counts[j] - stop):
+                sims = [float(r @ cap[j, w]) for r in regions]
+                per_word.append(T * math.log(sum(math.exp(s / T) for s in sims)) if pooling == "lse" else max(sims))
+            out[i, j] = sum(per_word) / (max(len(per_word), 1) if pooling == "mravgw" else 1)
+    return out
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_word_sets_match_naive_loops(sets, pooling):
+    img, img_mask, cap, cap_mask = sets
+    counts = cap_mask.sum(dim=1).tolist()                    # [6, 1, 2, 5, 3, 6, 4]: prefix masks
+    # all: words 0..len-1, today's behaviour; no_special: words 1..len-2 (a caption of <= 2 tokens: none).
+    torch.testing.assert_close(alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "all"),
+                               naive_words_score(img, img_mask, cap, counts, pooling, 0, 0))
+    no_special = alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "no_special")
+    torch.testing.assert_close(no_special, naive_words_score(img, img_mask, cap, counts, pooling, 1, 1))
+    assert (no_special[:, [1, 2]] == 0).all()
+    # The chunked scorer drops the same words, also from a group cropped to its own length.
+    short, rest = torch.tensor([1, 2]), torch.tensor([0, 3, 4, 5, 6])
+    groups = [(cap[short, :2], cap_mask[short, :2]), (cap[rest], cap_mask[rest])]
+    out = score_embeddings(img, img_mask, groups, pooling, T, 1e-5, columns=[short, rest], progress=False,
+                           words="no_special")
+    torch.testing.assert_close(out, no_special)
+
+
+def test_no_special_drops_the_last_valid_token_not_the_last_position():
+    mask = torch.tensor([[True, True, True, True, False, False],
+                         [True, True, True, True, True, True],
+                         [True, True, False, False, False, False]])
+    assert word_mask(mask, "no_special").tolist() == [[False, True, True, False, False, False],
+                                                      [False, True, True, True, True, False],
+                                                      [False] * 6]
+    assert word_mask(mask, "all") is mask
+
+
+def test_model_word_set_reaches_every_scoring_path_and_old_checkpoints_load(tmp_path):
+    store, model = random_store(tmp_path / "s", length=8), make_model()
+    special = build_model("alignment", {**vars(model.cfg), "words": "no_special"}, 10, 9).eval()
+    special.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        img = special.embed_images(store.image_batch(np.arange(6)))
+        txt = special.embed_texts(store.caption_batch(np.arange(12)))
+        expected = alignment_scores(*img, *txt, "mrsw", T, "no_special")
+        torch.testing.assert_close(special.score(*img, *txt), expected)
+        torch.testing.assert_close(score_store(special, store, "cpu", chunk_mb=1e-4, batch_size=4,
+                                               progress=False), expected)
+        assert not torch.allclose(model.score(*img, *txt), expected)
+    grad_img = img[0].clone().requires_grad_(True)
+    torch.testing.assert_close(special.score(grad_img, img[1], *txt).detach(), expected)
+    # A checkpoint written before the field existed loads with today's behaviour ("all").
+    save_checkpoint(tmp_path / "m.pt", model, "alignment", model.cfg)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    del ckpt["config"]["words"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt", kind="alignment").cfg.words == "all"

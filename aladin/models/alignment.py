@@ -7,8 +7,6 @@ Every output token is L2-normalised, so region x word dot products are cosines.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -60,12 +58,16 @@ class AlignmentModel(nn.Module):
               cap_mask: torch.Tensor, chunk_mb: float = SCORE_CHUNK_MB) -> torch.Tensor:
         """(N_img, N_cap) alignment scores of embedded images x embedded captions.
 
+        `cap_mask` is the valid-token mask (as embed_texts returns it); cfg.words picks the
+        words summed over, so every caller scores with the checkpoint's word set.
+
         Differentiable when gradients are on; otherwise the cache-blocked scorer (same values).
         """
         if torch.is_grad_enabled() and (img.requires_grad or cap.requires_grad):
-            return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature)
+            return alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature,
+                                    self.cfg.words)
         return score_embeddings(img, img_mask, [(cap, cap_mask)], self.cfg.pooling, self.cfg.temperature,
-                                chunk_mb, progress=False)
+                                chunk_mb, progress=False, words=self.cfg.words)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """In-batch (B, B) score matrix of a pair batch: images as rows, captions as columns."""
