@@ -52,8 +52,7 @@ def cross_rows(ev: dict) -> list[str]:
     out = ["", f"Cross-encoder, fold 0 of the test set (1,000 images), {int(s['t2i_queries'])} text and "
                f"{int(s['i2t_queries'])} image queries sampled (the same queries for every row):", "",
            "| model | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum |", "|---|---|---|---|---|---|---|---|"]
-    for key, label in (("cross_encoder", "cross-encoder"), ("teacher", "teacher"),
-                       ("student_exact", "student"), ("student_triplet", "student without distillation")):
+    for key, label in (("cross_encoder", "cross-encoder"), ("teacher", "teacher"), ("student_exact", "student")):
         m = ev[key]["fold0_sampled"]
         out.append(f"| {label} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} |")
     return out
@@ -66,8 +65,8 @@ def latency(lat: dict, scaling: pd.DataFrame) -> list[str]:
         hit = scaling[(scaling.method == method) & (scaling.n_images == n) & (scaling["query"] == query)]
         return f"{hit.p50_ms.iloc[0]:.1f}" if len(hit) else "–"
     out = ["| per text query, p50 ms (1 thread) | 1K | 5K | 25K* | 100K* |", "|---|---|---|---|---|"]
-    for method, label in (("student_flat", "student, exact (flat) search"),
-                          ("student_ivf_flat", "student, IVF-Flat"), ("teacher", "teacher, exhaustive"),
+    for method, label in (("student_flat_e2e", "student, exact (flat) search"),
+                          ("student_ivf_flat_e2e", "student, IVF-Flat"), ("teacher", "teacher, exhaustive"),
                           ("cross_encoder", "cross-encoder, exhaustive")):
         if (scaling.method == method).any():
             out.append(f"| {label} | " + " | ".join(p50(method, n) for n in (1000, 5000, 25000, 100000)) + " |")
