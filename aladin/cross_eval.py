@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .metrics import ranks_i2t, ranks_t2i, summarize
 from .models.cross_encoder import CrossEncoder
 from .models.factory import load_model, skipped_reason

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from .config import from_dict
 from .errors import ConfigError, DataError
 from .io import atomic_path, read_json
-from .params import KINDS, IndexConfig, Kind
+from .params import KINDS, IndexConfig
 
 FORMAT_VERSION = 1
 SIDES = {"images": "image_emb.npy", "captions": "caption_emb.npy"}

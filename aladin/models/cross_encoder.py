@@ -9,7 +9,6 @@ against N items costs N transformer passes, which is what makes it accurate and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -10,8 +10,6 @@ shared by both modalities. The sizes here are parameters (the CPU default is sma
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn as nn
