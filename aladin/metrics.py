@@ -149,9 +149,10 @@ def within_family_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.n
     ranking their image first in its family), ``family_size`` (mean number of candidates per
     caption, its own image included) and ``t2i_family_chance_r1`` (the expected R@1 of a random
     order, 100 * mean(1 / family size)). Applied to the oracle's scores it is the family-wise
-    ceiling.
+    ceiling. Scores keep their float dtype (a composed two-stage matrix needs float64).
     """
-    s = torch.as_tensor(scores, dtype=torch.float32)
+    s = torch.as_tensor(scores)
+    s = s if s.is_floating_point() else s.float()
     cap_img = _check(s, caption_image).numpy()
     families, fam = np.unique(np.asarray(family_of_image), return_inverse=True)
     if fam.shape != (s.shape[0],):
@@ -171,6 +172,26 @@ def within_family_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.n
     size = valid.sum(axis=1)
     return {"t2i_family_r1": float(100.0 * np.mean(rank == 1)), "family_size": float(np.mean(size)),
             "t2i_family_chance_r1": float(100.0 * np.mean(1.0 / size))}
+
+
+def t2i_recall_random_ties(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> dict[str, float]:
+    """Expected text->image R@1/5/10 when ties are broken uniformly at random (the other tie rule).
+
+    For a caption with ``a`` wrong images scoring above its image and ``t`` tied with it, the
+    rank is uniform on a+1 .. a+t+1, so P(rank <= K) = clip((K - a) / (t + 1), 0, 1). For the
+    oracle this is the judge that picks at random among the images its caption is true of.
+    """
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    cap_img = _check(s, caption_image)
+    s = s.T                                                                              # (N_cap, N_img)
+    above, tied = [], []
+    for start in range(0, s.shape[0], _CHUNK):
+        rows = s[start:start + _CHUNK]
+        pos = rows.gather(1, cap_img[start:start + _CHUNK, None])
+        above.append((rows > pos).sum(dim=1))
+        tied.append((rows == pos).sum(dim=1) - 1)                                        # not itself
+    a, t = torch.cat(above).double(), torch.cat(tied).double()
+    return {f"t2i_r{k}": float(100.0 * ((k - a) / (t + 1)).clamp(0, 1).mean()) for k in KS}
 
 
 def count_score_ties(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> dict[str, float]:

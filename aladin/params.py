@@ -51,6 +51,9 @@ class AlignmentConfig:
         require(self.temperature > 0, "temperature", "must be > 0")
 
 
+StudentInputs = Literal["features", "teacher_tokens"]
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
     d_model: int = 128
@@ -61,6 +64,8 @@ class MatchingConfig:
     shared: bool = True            # one encoder (+ pooling + projection) for both modalities
     pooling: Pooling = "attention"
     dim: int = 128                 # D, the size of the global embedding
+    inputs: StudentInputs = "features"   # features: the backbones' | teacher_tokens: the frozen teacher
+                                         # encoders' contextual tokens (the paper's layout)
 
     def validate(self) -> None:
         for name in ("d_model", "layers", "heads", "ff", "dim"):
@@ -300,17 +305,34 @@ class TeacherParams(Training):
         require(self.score_chunk_mb > 0, "score_chunk_mb", "must be > 0")
 
 
+@dataclass(frozen=True)
+class BatchesConfig:
+    """`distill.batches`: teacher-neighbour batch composition (aladin.batching)."""
+
+    group: int = 4               # pairs per group: an anchor + pairs of its teacher neighbours; 1 = uniform
+    pool: int = 8                # the anchor caption's top-`pool` teacher images the group draws from
+
+    def validate(self) -> None:
+        require(self.group >= 1, "group", "must be >= 1 (1 = uniform random batches)")
+        require(self.pool >= self.group - 1, "pool", f"must be >= group - 1 = {self.group - 1}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DistillParams(LossConfig, Training):
     """The student's section: its loss keys (mode, temperatures, ...) are LossConfig's."""
 
     model: MatchingConfig
     optim: OptimConfig
+    batches: BatchesConfig
     teacher_cache: bool          # teacher train embeddings computed once (vs a forward per batch)
 
     def validate(self) -> None:
         LossConfig.validate(self)
         Training.validate(self)
+        require(self.batches.group <= self.optim.batch_size, "batches.group",
+                f"must be <= optim.batch_size={self.optim.batch_size}")
+        require(self.batches.group == 1 or self.mode != "triplet", "batches.group",
+                "teacher-neighbour batches need the teacher: 1 with mode triplet")
 
     @property
     def loss(self) -> LossConfig:

@@ -144,14 +144,17 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
         run: Tracker | None = None, select_metric: str = "rsum",
         config: dict[str, Any] | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
-        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+        pair_order: Callable[[np.random.Generator], np.ndarray] | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights (by `select_metric`, higher = better).
 
     loss_fn(model, batch) -> (loss, dict of floats to average and log); validate(model) -> metrics
     (called in eval mode under no_grad). `config` (the stage's params) joins the checkpoint
     fingerprint so a checkpoint of other params is never resumed. `on_epoch_start(epoch)` runs
     before each epoch's training (e.g. a loss schedule); `on_epoch_end(epoch, row)` after the
-    epoch's checkpoint is written (tests use it to simulate an interruption).
+    epoch's checkpoint is written (tests use it to simulate an interruption). `pair_order(rng)`
+    gives an epoch's order of training pairs from its generator (default: a uniform permutation;
+    :mod:`aladin.batching` composes batches of teacher neighbours); batches are its contiguous runs.
 
     In a torchrun process group (:func:`aladin.distributed.setup`) every rank calls fit alike;
     `validate`, `run` and the checkpoint are used by rank 0 only, and every rank returns the same
@@ -194,7 +197,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
             on_epoch_start(epoch)
         es = epoch_seed(seed, epoch)
         torch.manual_seed(epoch_seed(seed, epoch, rank))          # dropout
-        order = np.random.default_rng(es).permutation(n)         # the same on every rank
+        rng = np.random.default_rng(es)                          # the same on every rank
+        order = rng.permutation(n) if pair_order is None else pair_order(rng)
         batches = epoch_batches(order, optim_cfg.batch_size, world, rank)
         if not batches:
             raise DataError(f"{train_store.path}: {n} pairs do not fill one step of 2 pairs per process")
@@ -283,7 +287,8 @@ def train_stage(name: str, kind: str, model: nn.Module, model_cfg: Any, loss_fn:
                 train_store: FeatureStore, validate: Callable[[nn.Module], dict[str, float]],
                 optim_cfg: OptimConfig, seed: int, device: torch.device, params: dict[str, Any],
                 tracking: Any, on_epoch_start: Callable[[int], None] | None = None,
-                summary: Callable[[nn.Module, FitResult], dict[str, Any]] | None = None) -> FitResult | None:
+                summary: Callable[[nn.Module, FitResult], dict[str, Any]] | None = None,
+                pair_order: Callable[[np.random.Generator], np.ndarray] | None = None) -> FitResult | None:
     """The shape of every training stage: fit with a resumable checkpoint under MLflow, then
     (rank 0) models/<name>.pt, metrics/<name>.json, plots/<name>_history.csv and the run's
     ``best_val_*`` metrics. `summary(model, result)` adds stage-specific entries to the metrics
@@ -296,7 +301,7 @@ def train_stage(name: str, kind: str, model: nn.Module, model_cfg: Any, loss_fn:
     with mlflow_run(name, params, tracking) as run:
         t0 = time.perf_counter()
         result = fit(model, loss_fn, train_store, validate, optim_cfg, seed, device, checkpoints, run=run,
-                     config=params, on_epoch_start=on_epoch_start)
+                     config=params, on_epoch_start=on_epoch_start, pair_order=pair_order)
         train_seconds = time.perf_counter() - t0
         if not distributed.is_main():
             return None

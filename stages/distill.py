@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from aladin import distributed, params
+from aladin.batching import teacher_neighbour_batches
 from aladin.distillation import StudentLoss, student_metrics, teacher_scorer
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
@@ -36,13 +37,20 @@ def main() -> None:
     set_threads(cfg.threads)
     train, val = open_matching_splits(FEATURES, "train", "val")
 
+    needs_teacher = cfg.mode != "triplet" or cfg.model.inputs == "teacher_tokens"
+    teacher_model = load_model(TEACHER, device, kind="alignment") if needs_teacher else None
     seed_everything(seed)
-    student = build_model("matching", cfg.model, train.manifest["d_img"], train.manifest["d_txt"])
-    teacher = None
+    # teacher_tokens: the student reads the frozen teacher encoders' tokens (the baseline too: same backbone)
+    encoder = {"token_encoder": teacher_model} if cfg.model.inputs == "teacher_tokens" else {}
+    student = build_model("matching", cfg.model, train.manifest["d_img"], train.manifest["d_txt"], **encoder)
+    teacher, pair_order = None, None
     if cfg.mode != "triplet":
-        teacher = teacher_scorer(load_model(TEACHER, device, kind="alignment"), train, cached=cfg.teacher_cache)
+        teacher = teacher_scorer(teacher_model, train, cached=cfg.teacher_cache)
         log.info("teacher scores %s: %.1f s setup", "cached" if cfg.teacher_cache else "online",
                  teacher.setup_seconds)
+        if cfg.batches.group > 1:
+            pair_order = teacher_neighbour_batches(teacher_model, train, cfg.batches.group, cfg.batches.pool,
+                                                   device)
     loss = StudentLoss(cfg.loss, teacher)
 
     def summary(model, result):
@@ -56,7 +64,7 @@ def main() -> None:
         used = {k: used[k] for k in params.TRIPLET_BASELINE_KEYS}
     train_stage("student_triplet" if baseline else "student", "matching", student, cfg.model, loss, train,
                 lambda m: student_metrics(m, val), cfg.optim, seed, device, {"seed": seed, "distill": used},
-                tracking, on_epoch_start=loss.on_epoch_start, summary=summary)
+                tracking, on_epoch_start=loss.on_epoch_start, summary=summary, pair_order=pair_order)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,23 @@ def test_index_recall_of_flat_is_one(collection):
 def test_recall_vs_exact_ignores_padding_of_small_collections():
     exact = np.array([[3, 1, -1, -1]])                 # collection of 2 items, k = 4
     assert X.recall_vs_exact(np.array([[1, 3, -1, -1]]), exact) == 1.0
+
+
+def test_two_stage_scores_order_each_caption_as_two_stage_t2i():
+    rng = np.random.default_rng(5)
+    n_img, cpi, k = 30, 2, 6
+    cap_img = np.repeat(np.arange(n_img), cpi)
+    student = rng.standard_normal((n_img, n_img * cpi)).astype(np.float32)
+    teacher = rng.integers(0, 4, (n_img, n_img * cpi)).astype(np.float32)     # ties among the listed
+    top = np.argsort(-student, axis=0, kind="stable")[:k].T                   # (N_cap, k) student top-k
+    composed = E.two_stage_scores(student, teacher, top)
+    ranks = M.ranks_t2i(composed, cap_img)
+    for j in range(n_img * cpi):
+        listed = list(top[j])
+        own = cap_img[j]
+        if own in listed:   # in the list: 1 + listed images with teacher score >= its own (the tie rule)
+            expected = 1 + sum(teacher[i, j] >= teacher[own, j] for i in listed if i != own)
+        else:               # after the whole list, in the student's order
+            expected = k + 1 + sum(student[i, j] >= student[own, j] for i in range(n_img)
+                                   if i not in listed and i != own)
+        assert ranks[j] == expected

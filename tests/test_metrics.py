@@ -297,3 +297,31 @@ def test_duplicate_captions_count_copies_across_images_only():
     # "a red circle" is in images 0 and 2 (all three copies count); "two shapes" in 1 and 2.
     assert M.duplicate_captions(captions, cap_img) == 5
     assert M.duplicate_captions(["x", "x", "y"], [0, 0, 1]) == 0
+
+
+def test_random_tie_recall_is_the_mean_over_every_tie_order():
+
+    # 4 images, 1 caption each; caption 0 ties its image with two others, caption 1 has one above and one tied.
+    s = np.array([[1.0, 0.5, 0.2, 0.0],
+                  [1.0, 0.9, 0.2, 0.0],
+                  [1.0, 0.5, 0.7, 0.0],
+                  [0.0, 0.1, 0.2, 0.9]], dtype=np.float32)
+    cap_img = np.arange(4)
+    expected = {k: 0.0 for k in M.KS}
+    for j in range(4):
+        pos, others = s[j, j], [s[i, j] for i in range(4) if i != j]
+        above, tied = sum(o > pos for o in others), sum(o == pos for o in others)
+        # every position among the tied group equally likely
+        ranks = [above + 1 + p for p in range(tied + 1)]
+        for k in M.KS:
+            expected[k] += 100.0 * np.mean([r <= k for r in ranks]) / 4
+    out = M.t2i_recall_random_ties(s, cap_img)
+    assert out == pytest.approx({f"t2i_r{k}": expected[k] for k in M.KS})
+    assert out["t2i_r1"] == pytest.approx(100 * (1 / 3 + 1 + 1 + 1) / 4)
+    # with no ties it is the pessimistic recall
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((6, 12)).astype(np.float32)
+    ci = np.repeat(np.arange(6), 2)
+    summary = M.summarize(*naive_ranks(r, ci))
+    got = M.t2i_recall_random_ties(r, ci)
+    assert all(got[f"t2i_r{k}"] == pytest.approx(summary[f"t2i_r{k}"]) for k in M.KS)

@@ -76,6 +76,11 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
         assert (repo / "metrics" / f).is_file(), f
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     assert "teacher" in json.dumps(evaluation) and "student" in json.dumps(evaluation)
+    # The ceiling and the binding metric: every learned row against the oracle, within families.
+    assert {"n8", "within_family", "t2i_random_ties", "ties"} <= set(evaluation["oracle"])
+    for row in ("teacher", "student", "student_triplet", "two_stage"):
+        assert 0 <= evaluation["summary"][f"{row}_family_r1"] <= 100
+        assert evaluation["summary"][f"{row}_t2i_vs_oracle"] >= 0
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "baseline results"], repo, env)
 

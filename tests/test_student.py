@@ -307,3 +307,38 @@ def test_triplet_warmup_sums_all_negatives_then_takes_the_hardest():
     assert loss_fn(model, batch)[0].item() == pytest.approx(triplet_loss(scores, positive, 0.2, False).item())
     loss_fn.on_epoch_start(1)
     assert loss_fn(model, batch)[0].item() == pytest.approx(triplet_loss(scores, positive, 0.2, True).item())
+
+
+def small_teacher():
+    from aladin.params import AlignmentConfig
+
+    return build_model("alignment", AlignmentConfig(d=12, layers=1, heads=2, ff=24, dropout=0.3), D_IMG, D_TXT)
+
+
+def test_student_on_teacher_tokens_keeps_the_encoders_frozen_and_round_trips(tmp_path):
+    from aladin.models.factory import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    teacher = small_teacher()
+    student = build_model("matching", dict(d_model=16, layers=1, heads=2, ff=32, dim=8, inputs="teacher_tokens"),
+                          D_IMG, D_TXT, token_encoder=teacher)
+    assert student.region_proj.in_features == 12 and student.token_proj.in_features == 12
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student.train()
+    assert not teacher.training                               # its dropout stays off while the student trains
+    batch = random_batch()
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    student(batch).sum().backward()
+    opt.step()
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
+    # The student reads the teacher's token embeddings, not the raw features.
+    student.eval()
+    tokens, _ = teacher.embed_texts(batch)
+    expected = student.txt_tower(student.txt_norm(student.token_proj(tokens)), batch.token_mask)
+    assert torch.allclose(student.embed_texts(batch), expected, atol=1e-6)
+    save_checkpoint(tmp_path / "s.pt", student, "matching", student.cfg)
+    loaded = load_model(tmp_path / "s.pt", kind="matching")
+    assert loaded.token_encoder is not None
+    assert torch.allclose(loaded(batch), student(batch), atol=1e-6)
+    with pytest.raises(ValueError, match="token_encoder"):
+        build_model("matching", dict(inputs="teacher_tokens"), D_IMG, D_TXT)

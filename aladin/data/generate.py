@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ..metrics import KS, check_protocols, protocol_metrics
+from ..metrics import KS, check_protocols, protocol_metrics, within_family_metrics
 from .baselines import bow_scores, colour_scores
 from .captions import captions_for
 from .manifest import SPLITS, ImageRecord
@@ -105,13 +105,15 @@ def dataset_metrics(images: list[ImageRecord], records: list[dict[str, Any]], ca
     test_caps = [c for im, _ in test for c in im.captions]
     cap_img = np.repeat(np.arange(len(test)), captions_per_image)
     log.info("baselines on %d test images / %d captions", len(test), len(test_caps))
-    baselines = {
-        "bow_tfidf": protocol_metrics(bow_scores([r for _, r in test], test_caps), cap_img),
-        "colour_histogram": protocol_metrics(colour_scores([im.file for im, _ in test], test_caps), cap_img),
-    }
+    families = [r["family"] for _, r in test]
+    baselines = {}
+    for name, scores in (("bow_tfidf", bow_scores([r for _, r in test], test_caps)),
+                         ("colour_histogram", colour_scores([im.file for im, _ in test], test_caps))):
+        baselines[name] = {**protocol_metrics(scores, cap_img),
+                           "within_family": within_family_metrics(scores, cap_img, families)}
     # Same protocol keys ("5k", "1k"); a 1K fold has 1000 images.
     baselines["chance"] = {key: chance_metrics(1000 if key == "1k" else len(test), captions_per_image)
-                           for key in baselines["bow_tfidf"]}
+                           for key in baselines["bow_tfidf"] if key != "within_family"}
     return _rounded({
         "images": {s: sum(im.split == s for im in images) for s in SPLITS},
         "families": {s: len({r["family"] for im, r in zip(images, records) if im.split == s}) for s in SPLITS},

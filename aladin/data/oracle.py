@@ -18,6 +18,8 @@ AND of its claims' columns, once per distinct set of claims.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -124,3 +126,22 @@ def oracle_scores(records: Sequence[dict[str, Any]], captions: Sequence[str]) ->
         return np.zeros((len(records), len(captions)), np.float32)
     by_caption = np.stack(truth)[col_of_caption]                  # (N_cap, N_img): cheap row gather
     return np.ascontiguousarray(by_caption.T, dtype=np.float32)
+
+
+def scene_records(path: str | Path, image_ids: Sequence[str]) -> list[dict[str, Any]] | None:
+    """The scene records of `image_ids`, in that order, from a scenes.jsonl; None when the file is
+    absent (a real dataset has no scene records, hence no oracle and no scene families)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    wanted = set(image_ids)
+    by_id = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if record["id"] in wanted:
+                by_id[record["id"]] = record
+    missing = [i for i in image_ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{path}: no scene record for image {missing[0]!r} ({len(missing)} missing)")
+    return [by_id[i] for i in image_ids]

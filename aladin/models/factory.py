@@ -1,8 +1,10 @@
 """Build, save and load models by kind (open_clip-style registry).
 
-Each model class has a ``Config`` dataclass and is constructed as ``cls(cfg, d_img, d_txt)``.
-A checkpoint stores the kind, the config, the input widths and the weights, so
-:func:`load_model` needs nothing but the file. To add a kind, add one line to ``MODELS``.
+Each model class has a ``Config`` dataclass and is constructed as ``cls(cfg, d_img, d_txt)``,
+plus keyword components that are models themselves (the student's frozen ``token_encoder``).
+A checkpoint stores the kind, the config, the input widths, each component's kind / config /
+widths, and the weights of the whole, so :func:`load_model` needs nothing but the file. To add a
+kind, add one line to ``MODELS``.
 """
 from __future__ import annotations
 
@@ -34,20 +36,29 @@ def model_class(kind: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), name)
 
 
-def build_model(kind: str, cfg: Any, d_img: int, d_txt: int) -> nn.Module:
+COMPONENTS = {"token_encoder": "alignment"}     # constructor keyword -> the kind it holds
+
+
+def build_model(kind: str, cfg: Any, d_img: int, d_txt: int, **components: nn.Module) -> nn.Module:
     """A fresh model of `kind`; `cfg` is its Config dataclass or a dict of the same fields."""
     cls = model_class(kind)
     if isinstance(cfg, dict):
         cfg = from_dict(cls.Config, cfg, kind)
-    return cls(cfg, d_img, d_txt)
+    return cls(cfg, d_img, d_txt, **components)
+
+
+def _spec(model: nn.Module, kind: str) -> dict[str, Any]:
+    return {"kind": kind, "config": dataclasses.asdict(model.cfg), "d_img": model.d_img, "d_txt": model.d_txt}
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, kind: str, cfg: Any,
                     extra: dict[str, Any] | None = None) -> None:
-    """Atomically write kind + config + input widths + weights (+ `extra`, e.g. metrics)."""
+    """Atomically write kind + config + input widths + components + weights (+ `extra`, e.g. metrics)."""
     cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    components = {name: _spec(getattr(model, name), sub) for name, sub in COMPONENTS.items()
+                  if getattr(model, name, None) is not None}
     ckpt = {"kind": kind, "config": cfg_dict, "d_img": model.d_img, "d_txt": model.d_txt,
-            "state_dict": model.state_dict(), "extra": extra or {}}
+            "components": components, "state_dict": model.state_dict(), "extra": extra or {}}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
@@ -90,7 +101,9 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     if kind is not None and ckpt["kind"] != kind:
         raise DataError(f"{path}: checkpoint holds a {ckpt['kind']!r} model, expected {kind!r}")
     try:
-        model = build_model(ckpt["kind"], ckpt["config"], ckpt["d_img"], ckpt["d_txt"])
+        components = {name: build_model(c["kind"], c["config"], c["d_img"], c["d_txt"])
+                      for name, c in ckpt.get("components", {}).items()}
+        model = build_model(ckpt["kind"], ckpt["config"], ckpt["d_img"], ckpt["d_txt"], **components)
         model.load_state_dict(ckpt["state_dict"])
     except (ConfigError, RuntimeError) as e:
         raise DataError(f"{path}: checkpoint does not match its model ({e})") from e

@@ -5,11 +5,15 @@ modality-specific input projections, contextualised by a small transformer encod
 one vector, projected to ``dim`` and L2-normalised. The image-caption score is the dot product,
 so retrieval over a collection is an exact or approximate kNN search.
 
+With ``inputs: teacher_tokens`` the head reads, instead of the backbone features, the frozen
+teacher's contextual region and word embeddings (its two encoders are part of the student and of
+its checkpoint, never trained here): in ALADIN the matching head sits on the backbone that the
+alignment stage fine-tuned, next to the alignment head.
+
 Reference (ALADIN): 2 layers, d_model 768, 4 heads, feed-forward 768, dropout 0.1, one encoder
 shared by both modalities. The sizes here are parameters (the CPU default is smaller).
 """
 from __future__ import annotations
-
 
 import torch
 import torch.nn as nn
@@ -17,7 +21,6 @@ import torch.nn.functional as F
 
 from ..params import MatchingConfig, Pooling
 from ..store import Batch
-
 
 
 class Pool(nn.Module):
@@ -60,13 +63,20 @@ class MatchingHead(nn.Module):
 
     Config = MatchingConfig
 
-    def __init__(self, cfg: Config, d_img: int, d_txt: int) -> None:
+    def __init__(self, cfg: Config, d_img: int, d_txt: int, token_encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg, self.d_img, self.d_txt, self.dim = cfg, d_img, d_txt, cfg.dim
         d = cfg.d_model
-        self.region_proj = nn.Linear(d_img, d)
+        self.token_encoder = None
+        d_regions, d_tokens = d_img, d_txt
+        if cfg.inputs == "teacher_tokens":
+            if token_encoder is None:
+                raise ValueError("matching head with inputs 'teacher_tokens' needs the teacher (token_encoder)")
+            self.token_encoder = token_encoder.eval().requires_grad_(False)   # frozen, no dropout
+            d_regions = d_tokens = token_encoder.cfg.d
+        self.region_proj = nn.Linear(d_regions, d)
         self.box_proj = nn.Linear(6, d)
-        self.token_proj = nn.Linear(d_txt, d)
+        self.token_proj = nn.Linear(d_tokens, d)
         self.img_norm = nn.LayerNorm(d)
         self.txt_norm = nn.LayerNorm(d)
         # Images have no [CLS]; with `first` pooling they get a learned one. Captions already
@@ -84,8 +94,15 @@ class MatchingHead(nn.Module):
     def txt_tower(self) -> Tower:
         return self.towers[-1]
 
+    def train(self, mode: bool = True) -> "MatchingHead":
+        super().train(mode)
+        if self.token_encoder is not None:
+            self.token_encoder.eval()
+        return self
+
     def embed_images(self, batch: Batch) -> torch.Tensor:
-        x = self.img_norm(self.region_proj(batch.regions) + self.box_proj(batch.boxes))  # (B, R, d)
+        regions = batch.regions if self.token_encoder is None else self.token_encoder.embed_images(batch)[0]
+        x = self.img_norm(self.region_proj(regions) + self.box_proj(batch.boxes))       # (B, R, d)
         mask = batch.region_mask
         if self.img_cls is not None:
             x = torch.cat([self.img_cls.expand(x.shape[0], -1, -1), x], dim=1)      # (B, 1+R, d)
@@ -93,7 +110,8 @@ class MatchingHead(nn.Module):
         return self.img_tower(x, mask)
 
     def embed_texts(self, batch: Batch) -> torch.Tensor:
-        return self.txt_tower(self.txt_norm(self.token_proj(batch.tokens)), batch.token_mask)
+        tokens = batch.tokens if self.token_encoder is None else self.token_encoder.embed_texts(batch)[0]
+        return self.txt_tower(self.txt_norm(self.token_proj(tokens)), batch.token_mask)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """(B_img, B_cap) cosine scores between the batch's images and captions."""
