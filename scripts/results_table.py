@@ -2,7 +2,7 @@
 
     python scripts/results_table.py        # after `dvc repro`; paste into README.md
 
-Reads metrics/{data,teacher,student,student_triplet,eval,latency}.json and
+Reads metrics/{data,eval,latency,seeds}.json (seeds: scripts/seed_spread.py) and
 plots/latency_scaling.csv, so the README shows exactly what `dvc metrics show` shows.
 """
 from __future__ import annotations
@@ -21,27 +21,75 @@ def load(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def row(name: str, m5: dict, m1: dict, note: str = "") -> str:
-    cells = [f"{m5[c]:.1f}" for c in COLS] + [f"**{m5['rsum']:.1f}**", f"{m1['rsum']:.1f}" if m1 else "–"]
+def row(name: str, m5: dict, m1: dict, note: str = "", spread: dict | None = None, key: str = "") -> str:
+    cells = [f"{m5[c]:.1f}" for c in COLS]
+    for proto, m in (("5k", m5), ("1k", m1)):
+        f = (spread or {}).get(f"{key}_{proto}_rsum")
+        cell = f"{f['mean']:.1f} ± {f['std']:.1f}" if f else (f"{m['rsum']:.1f}" if m else "–")
+        cells.append(f"**{cell}**" if proto == "5k" else cell)
     return f"| {name} | " + " | ".join(cells) + f" | {note} |"
 
 
-def effectiveness(ev: dict, data: dict) -> list[str]:
-    out = ["| model (test set) | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum 5K | rsum 1K | |",
+LEARNED = {"teacher": "teacher (alignment head, MrSw)", "student": "student (distilled)",
+           "student_exact": "student, exact search", "student_triplet": "student without distillation",
+           "two_stage": "two-stage"}
+
+
+def effectiveness(ev: dict, data: dict, seeds: dict) -> list[str]:
+    spread = seeds.get("figures", {})
+    n = f" (mean ± std over {seeds['n_seeds']} training seeds)" if seeds else ""
+    out = [f"| model (test set) | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum 5K{n} | rsum 1K | |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    names = {"teacher": ("teacher (alignment head, MrSw)", "exhaustive scoring"),
-             "student": ("student (distilled)", f"through the {ev['student'].get('index', '')} index"),
-             "student_exact": ("student, exact search", "flat dot products"),
-             "student_triplet": ("student without distillation", "triplet loss only"),
-             "two_stage": ("two-stage", f"student top-{ev['two_stage'].get('rerank_k')} re-ranked by the teacher")}
-    for key, (label, note) in names.items():
+    notes = {"teacher": "exhaustive scoring", "student": f"through the {ev['student'].get('index', '')} index",
+             "student_exact": "flat dot products", "student_triplet": "triplet loss only",
+             "two_stage": f"student top-{ev['two_stage'].get('rerank_k')} re-ranked by the teacher"}
+    for key, label in LEARNED.items():
         if key in ev:
-            out.append(row(label, ev[key]["5k"], ev[key].get("1k", {}), note))
+            out.append(row(label, ev[key]["5k"], ev[key].get("1k", {}), notes[key], spread, key))
+    if "oracle" in ev:
+        out.append(row("oracle (caption parser on the scene records)", ev["oracle"]["5k"], ev["oracle"].get("1k", {}),
+                       "the ceiling, pessimistic ties"))
     for key, (label, note) in {"bow_tfidf": ("bag of words (oracle scene words)", "non-learned"),
                                "colour_histogram": ("colour histogram", "non-learned")}.items():
         b = data.get("baselines", {}).get(key)
         if b:
             out.append(row(label, b["5k"], b.get("1k", {}), note))
+    if spread:
+        out += ["", "| ratio (5K rsum) | mean ± std | per seed |", "|---|---|---|"]
+        for key in ("student_rsum_vs_teacher", "student_triplet_rsum_vs_teacher", "two_stage_rsum_vs_teacher",
+                    "two_stage_rsum_vs_student"):
+            if key in spread:
+                f = spread[key]
+                out.append(f"| {key} | {f['mean']:.3f} ± {f['std']:.3f} | "
+                           + ", ".join(f"{v:.3f}" for v in f["per_seed"].values()) + " |")
+    return out
+
+
+def binding(ev: dict, data: dict, seeds: dict) -> list[str]:
+    """Within-family R@1 (binding) and text->image recall as a fraction of the oracle's."""
+    if "oracle" not in ev:
+        return []
+    spread, summary = seeds.get("figures", {}), ev["summary"]
+
+    def cell(key: str, fmt: str) -> str:
+        f = spread.get(key)
+        return (fmt.format(f["mean"]) + " ± " + fmt.format(f["std"])) if f else fmt.format(summary[key])
+    fam = ev["oracle"]["within_family"]
+    out = [f"| model | within-family t2i R@1 (chance {fam['t2i_family_chance_r1']:.1f}) | t2i R@1+5+10 at 5K "
+           f"as a fraction of the oracle's |", "|---|---|---|"]
+    for key in ("teacher", "student", "student_triplet", "two_stage"):
+        out.append(f"| {LEARNED[key]} | {cell(f'{key}_family_r1', '{:.1f}')} | {cell(f'{key}_t2i_vs_oracle', '{:.3f}')} |")
+    out.append(f"| oracle | {fam['t2i_family_r1']:.1f} | 1 |")
+    bow = data.get("baselines", {}).get("bow_tfidf", {}).get("within_family")
+    if bow:
+        out.append(f"| bag of words (oracle scene words) | {bow['t2i_family_r1']:.1f} | – |")
+    rt, o5 = ev["oracle"]["t2i_random_ties"], ev["oracle"]["5k"]
+    ties = {k: ev[k]["ties"] for k in ("oracle", "teacher", "student_exact") if "ties" in ev[k]}
+    out += ["", f"Oracle text->image at 5K: R@1/5/10 {o5['t2i_r1']:.1f} / {o5['t2i_r5']:.1f} / {o5['t2i_r10']:.1f} "
+                f"with every tied true image ahead (the protocol's rule), {rt['t2i_r1']:.1f} / {rt['t2i_r5']:.1f} / "
+                f"{rt['t2i_r10']:.1f} picking at random among them. Queries with an exact score tie "
+                "(t2i captions / i2t images): "
+            + "; ".join(f"{k} {v['t2i_tied']} / {v['i2t_tied']}" for k, v in ties.items()) + "."]
     return out
 
 
@@ -90,8 +138,8 @@ def latency(lat: dict, scaling: pd.DataFrame) -> list[str]:
 
 
 def main() -> None:
-    ev, data, lat = load("eval"), load("data"), load("latency")
-    lines = effectiveness(ev, data) + cross_rows(ev)
+    ev, data, lat, seeds = load("eval"), load("data"), load("latency"), load("seeds")
+    lines = effectiveness(ev, data, seeds) + [""] + binding(ev, data, seeds) + cross_rows(ev)
     if lat:
         lines += [""] + latency(lat, pd.read_csv("plots/latency_scaling.csv"))
     print("\n".join(lines))

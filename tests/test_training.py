@@ -98,6 +98,33 @@ def test_resume_after_interruption_matches_uninterrupted_run(stores, tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_resume_matches_uninterrupted_with_teacher_neighbour_batches(stores, tmp_path):
+    from aladin.batching import neighbour_order
+
+    train_store = stores[0]
+    neighbours = (np.asarray(train_store.caption_image)[:, None] + np.arange(1, 4)[None]) % train_store.n_images
+    seen_orders = []
+
+    def order(rng):
+        out = neighbour_order(train_store.caption_image, neighbours, 4, rng)
+        seen_orders.append(out)
+        return out
+
+    full, full_result = train(stores, tmp_path / "a", pair_order=order)
+    assert not np.array_equal(seen_orders[0], seen_orders[1])          # a new order every epoch
+
+    def interrupt(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stores, tmp_path / "b", pair_order=order, on_epoch_end=interrupt)
+    resumed, resumed_result = train(stores, tmp_path / "b", pair_order=order)
+    assert resumed_result.history == full_result.history
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
 def test_stale_checkpoint_of_other_params_is_not_resumed(stores, tmp_path):
     train(stores, tmp_path, epochs=1)
     seen = []
