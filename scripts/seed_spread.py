@@ -7,8 +7,9 @@ Each seed is one DVC experiment, ``dvc exp run -n seed-<s> -S seed=<s> evaluate`
 both students, index, evaluation; the latency stages are not needed), so the runs are also in
 ``dvc exp show`` and, as parent runs named ``seed-<s>``, in ``mlflow ui``. A seed already
 computed (seed 0 after ``dvc repro``) is restored from the run cache in seconds. After the last
-seed the workspace is returned to its committed params and outputs (``git checkout`` +
-``dvc checkout``), so the script refuses to start with uncommitted changes to tracked files.
+seed the workspace is returned to its committed params and outputs (``git checkout`` of
+params.yaml, dvc.lock and the metrics / plots / inputs folders, then ``dvc checkout``), so the
+script refuses to start with uncommitted changes to those.
 
 metrics/seeds.json: the seeds, and per headline figure (aladin.evaluation.headline_metrics: 5K /
 1K rsum of every row, the rsum ratios, within-family R@1, text->image recall vs the oracle) its
@@ -29,6 +30,7 @@ from aladin.evaluation import headline_metrics
 from aladin.io import write_json
 
 OUT, EVAL = Path("metrics/seeds.json"), Path("metrics/eval.json")
+PIPELINE_FILES = ("params.yaml", "dvc.lock", "metrics", "plots", "inputs")     # what `dvc exp run` rewrites
 
 
 def run(*cmd: str) -> str:
@@ -41,7 +43,7 @@ def run(*cmd: str) -> str:
 def seed_figures(seed: int) -> dict[str, float]:
     """Run (or restore) the pipeline up to `evaluate` with this training seed; its headline figures."""
     print(f"seed {seed}: dvc exp run -n seed-{seed} -S seed={seed} evaluate", flush=True)
-    run(sys.executable, "-m", "dvc", "exp", "run", "-f", "-n", f"seed-{seed}", "-S", f"seed={seed}", "evaluate")
+    run(sys.executable, "-m", "dvc", "exp", "run", "-n", f"seed-{seed}", "-S", f"seed={seed}", "evaluate")
     return headline_metrics(json.loads(EVAL.read_text()))
 
 
@@ -63,13 +65,13 @@ def main() -> None:
     a = p.parse_args()
     if len(set(a.seeds)) < 2:
         sys.exit("--seeds: give at least two distinct seeds (a spread needs them)")
-    if run("git", "status", "--porcelain", "--untracked-files=no").strip():
-        sys.exit("uncommitted changes to tracked files: commit or stash them first (the script restores "
-                 "the committed workspace at the end)")
+    if run("git", "status", "--porcelain", "--untracked-files=no", "--", *PIPELINE_FILES).strip():
+        sys.exit(f"uncommitted changes to {', '.join(PIPELINE_FILES)}: commit or stash them first (the script "
+                 "restores their committed state at the end)")
     try:
         per_seed = {s: seed_figures(s) for s in dict.fromkeys(a.seeds)}
     finally:
-        run("git", "checkout", "--", ".")
+        run("git", "checkout", "--", *PIPELINE_FILES)
         run(sys.executable, "-m", "dvc", "checkout", "--force")
     summary = summarise(per_seed)
     write_json(OUT, summary)
