@@ -119,7 +119,7 @@ class LossConfig:
     teacher_temperature: float = 0.1    # teacher side; the reference uses the raw MrSw sums (1.0)
     triplet_weight: float = 0.1         # mode distill+triplet only
     margin: float = 0.2                 # triplet hinge margin
-    warmup_epochs: int = 1              # triplet: hinge over all negatives, then the hardest (VSE++)
+    warmup_epochs: int = 3              # triplet modes: epochs summing the hinge over all negatives, then the hardest
 
     def validate(self) -> None:
         require(self.temperature > 0, "temperature", "must be > 0")
@@ -309,7 +309,7 @@ class TeacherParams(Training):
 class BatchesConfig:
     """`distill.batches`: teacher-neighbour batch composition (aladin.batching)."""
 
-    group: int = 4               # pairs per group: an anchor + pairs of its teacher neighbours; 1 = uniform
+    group: int = 1               # pairs per group: an anchor + pairs of its teacher neighbours; 1 = uniform
     pool: int = 8                # the anchor caption's top-`pool` teacher images the group draws from
 
     def validate(self) -> None:
