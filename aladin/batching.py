@@ -24,15 +24,22 @@ log = logging.getLogger("aladin")
 PairOrder = Callable[[np.random.Generator], np.ndarray]   # epoch generator -> caption (pair) order
 
 
+CAPTION_CHUNK = 4096   # captions scored per step: the (N_img, chunk) block stays ~2 GB at COCO's 113K images
+
+
 @torch.no_grad()
 def teacher_neighbours(teacher: torch.nn.Module, store: FeatureStore, pool: int,
-                       device: torch.device | str) -> np.ndarray:
+                       device: torch.device | str, chunk: int = CAPTION_CHUNK) -> np.ndarray:
     """(N_cap, pool) int64: per caption, the teacher's best-scoring images other than its own, best first."""
-    scores = score_store(teacher, store, device).T          # (N_cap, N_img)
-    own = torch.from_numpy(np.array(store.caption_image, dtype=np.int64)).to(scores.device)
-    scores[torch.arange(len(own), device=scores.device), own] = float("-inf")
     pool = min(pool, store.n_images - 1)
-    return scores.topk(pool, dim=1).indices.cpu().numpy().astype(np.int64)
+    caption_image = np.asarray(store.caption_image, dtype=np.int64)
+    out = np.empty((store.n_captions, pool), dtype=np.int64)
+    for start in range(0, store.n_captions, chunk):
+        idx = np.arange(start, min(start + chunk, store.n_captions))
+        scores = score_store(teacher, store, device, caption_idx=idx, progress=False).T   # (chunk, N_img)
+        scores[torch.arange(len(idx)), torch.from_numpy(caption_image[idx])] = float("-inf")
+        out[idx] = scores.topk(pool, dim=1).indices.cpu().numpy()
+    return out
 
 
 def neighbour_order(caption_image: np.ndarray, neighbours: np.ndarray, group: int,

@@ -161,11 +161,12 @@ def binding_metrics(scores: np.ndarray, store: FeatureStore, scenes: list[dict[s
     return out
 
 
-def exhaustive_row(scores: np.ndarray, store: FeatureStore, data_dir: Path) -> dict[str, Any]:
-    """The protocol metrics of a score matrix, score ties, the within-family accuracy (scenes),
-    and ECCV Caption / CxC on MS-COCO with caption ids."""
+def exhaustive_row(scores: np.ndarray, store: FeatureStore, data_dir: Path,
+                   scenes: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The protocol metrics of a score matrix, score ties, the within-family accuracy (`scenes`:
+    :func:`test_scenes`), and ECCV Caption / CxC on MS-COCO with caption ids."""
     row: dict[str, Any] = protocol_metrics(scores, store.caption_image)
-    row.update(binding_metrics(scores, store, test_scenes(data_dir, store)))
+    row.update(binding_metrics(scores, store, scenes))
     coco = load_coco_ids(data_dir, store.image_ids, captions_per_image(store.caption_image, store.n_images))
     if coco is not None:
         row["eccv"] = eccv_metrics(scores, *coco)
@@ -213,12 +214,12 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
     if idx.cfg.kind != "flat":
         rows["student"].update(index_recall(retrieval, k))
     student_scores = idx.image_emb @ idx.caption_emb.T
-    rows["student_exact"] = exhaustive_row(student_scores, store, data_dir)
+    scenes = test_scenes(data_dir, store)
+    rows["student_exact"] = exhaustive_row(student_scores, store, data_dir, scenes)
 
     scorers = matrix_scorers(teacher_scores)
     rows["two_stage"] = {**protocol(two_stage_rank_fn(retrieval, cap_img, p.rerank_k, *scorers), cap_img),
                          "rerank_k": p.rerank_k}
-    scenes = test_scenes(data_dir, store)
     if scenes is not None:
         rows["oracle"] = oracle_row(store, scenes)
         top_img = retrieval.topk(slice(0, store.n_images), slice(0, store.n_captions), p.rerank_k)[0]

@@ -54,6 +54,14 @@ class AlignmentConfig:
 StudentInputs = Literal["features", "teacher_tokens"]
 
 
+def require_transformer(cfg: Any, width: str, sizes: tuple[str, ...]) -> None:
+    """The checks every transformer config shares: positive sizes, heads dividing the width, a dropout rate."""
+    for name in sizes:
+        require(getattr(cfg, name) > 0, name, "must be > 0")
+    require(getattr(cfg, width) % cfg.heads == 0, "heads", f"must divide {width}={getattr(cfg, width)}")
+    require(0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
     d_model: int = 128
@@ -68,10 +76,7 @@ class MatchingConfig:
                                          # encoders' contextual tokens (the paper's layout)
 
     def validate(self) -> None:
-        for name in ("d_model", "layers", "heads", "ff", "dim"):
-            require(getattr(self, name) > 0, name, "must be > 0")
-        require(self.d_model % self.heads == 0, "heads", f"must divide d_model={self.d_model}")
-        require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        require_transformer(self, "d_model", ("d_model", "layers", "heads", "ff", "dim"))
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,7 @@ class CrossEncoderConfig:
     dropout: float = 0.1
 
     def validate(self) -> None:
-        for name in ("width", "layers", "heads", "ff"):
-            require(getattr(self, name) > 0, name, "must be > 0")
-        require(self.width % self.heads == 0, "heads", f"must divide width={self.width}")
-        require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        require_transformer(self, "width", ("width", "layers", "heads", "ff"))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from aladin import params
-from aladin.evaluation import exhaustive_row, model_test_scores
+from aladin.evaluation import exhaustive_row, model_test_scores, test_scenes
 from aladin.io import atomic_path, write_json
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split
@@ -34,7 +34,7 @@ def main() -> None:
     t0 = time.perf_counter()
     scores = model_test_scores(MODELS / f"{name}.pt", store, resolve_device(p.device), p.chunk_mb, p.batch_size)
     seconds = time.perf_counter() - t0
-    row = exhaustive_row(scores, store, DATA)
+    row = exhaustive_row(scores, store, DATA, test_scenes(DATA, store))
     if name == "teacher":
         with atomic_path(SCORES / "teacher_test.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(scores, dtype=np.float32))

@@ -48,6 +48,7 @@ def test_teacher_neighbours_are_its_best_other_images(tmp_path):
     nb = teacher_neighbours(teacher, store, pool=3, device="cpu")
     scores = score_store(teacher, store, "cpu", progress=False).numpy()   # (N_img, N_cap)
     assert nb.shape == (store.n_captions, 3)
+    np.testing.assert_array_equal(teacher_neighbours(teacher, store, pool=3, device="cpu", chunk=4), nb)
     for j in range(store.n_captions):
         own = store.caption_image[j]
         ranked = [i for i in np.argsort(-scores[:, j], kind="stable") if i != own]

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import DataError
 from .lexicon import LOCATIONS, RELATIONS
 from .parser import Claim, Count, Desc, Exists, Location, Relation, _cell, parse
 
@@ -143,5 +144,6 @@ def scene_records(path: str | Path, image_ids: Sequence[str]) -> list[dict[str, 
                 by_id[record["id"]] = record
     missing = [i for i in image_ids if i not in by_id]
     if missing:
-        raise ValueError(f"{path}: no scene record for image {missing[0]!r} ({len(missing)} missing)")
+        raise DataError(f"{path}: no scene record for test image {missing[0]!r} ({len(missing)} missing); "
+                        "rerun the data stage")
     return [by_id[i] for i in image_ids]
