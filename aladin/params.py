@@ -39,8 +39,8 @@ class AlignmentConfig:
     pooling: Literal["mrsw", "mravgw", "lse"] = "mrsw"
     temperature: float = 0.1   # of the soft max over regions (pooling: lse)
     # Words summed over: "no_special" leaves out [CLS] and [SEP]. Checkpoints saved before the
-    # field existed load as "all", the behaviour they were trained with.
-    words: Literal["all", "no_special"] = "all"
+    # field existed load as "all", the behaviour they were trained with (models.factory.LEGACY_FIELDS).
+    words: Literal["all", "no_special"] = "no_special"
 
     def validate(self) -> None:
         require(self.d >= 1 and self.d % self.heads == 0, "d", f"must be a positive multiple of heads ({self.heads})")

@@ -38,6 +38,14 @@ def model_class(kind: str) -> type[nn.Module]:
 
 COMPONENTS = {"token_encoder": "alignment"}     # constructor keyword -> the kind it holds
 
+# Config fields added after checkpoints of a kind were first saved, with the value those
+# checkpoints were trained with (a missing field must not take today's default).
+LEGACY_FIELDS = {"alignment": {"words": "all"}}
+
+
+def _saved_config(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    return {**LEGACY_FIELDS.get(kind, {}), **cfg}
+
 
 def build_model(kind: str, cfg: Any, d_img: int, d_txt: int, **components: nn.Module) -> nn.Module:
     """A fresh model of `kind`; `cfg` is its Config dataclass or a dict of the same fields."""
@@ -101,9 +109,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     if kind is not None and ckpt["kind"] != kind:
         raise DataError(f"{path}: checkpoint holds a {ckpt['kind']!r} model, expected {kind!r}")
     try:
-        components = {name: build_model(c["kind"], c["config"], c["d_img"], c["d_txt"])
+        components = {name: build_model(c["kind"], _saved_config(c["kind"], c["config"]), c["d_img"], c["d_txt"])
                       for name, c in ckpt.get("components", {}).items()}
-        model = build_model(ckpt["kind"], ckpt["config"], ckpt["d_img"], ckpt["d_txt"], **components)
+        model = build_model(ckpt["kind"], _saved_config(ckpt["kind"], ckpt["config"]), ckpt["d_img"],
+                            ckpt["d_txt"], **components)
         model.load_state_dict(ckpt["state_dict"])
     except (ConfigError, RuntimeError) as e:
         raise DataError(f"{path}: checkpoint does not match its model ({e})") from e
