@@ -11,6 +11,7 @@ here knows about scene families; any teacher and dataset work alike.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,19 +28,33 @@ PairOrder = Callable[[np.random.Generator], np.ndarray]   # epoch generator -> c
 CAPTION_CHUNK = 4096   # captions scored per step: the (N_img, chunk) block stays ~2 GB at COCO's 113K images
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """A first-stage model's best-scoring wrong items per query, best first."""
+
+    images: np.ndarray     # (N_cap, pool) int64: per caption, images other than its own
+    captions: np.ndarray   # (N_img, pool) int64: per image, captions of other images
+
+
 @torch.no_grad()
-def teacher_neighbours(teacher: torch.nn.Module, store: FeatureStore, pool: int,
-                       device: torch.device | str, chunk: int = CAPTION_CHUNK) -> np.ndarray:
-    """(N_cap, pool) int64: per caption, the teacher's best-scoring images other than its own, best first."""
-    pool = min(pool, store.n_images - 1)
-    caption_image = np.asarray(store.caption_image, dtype=np.int64)
-    out = np.empty((store.n_captions, pool), dtype=np.int64)
+def teacher_candidates(teacher: torch.nn.Module, store: FeatureStore, pool: int,
+                       device: torch.device | str, chunk: int = CAPTION_CHUNK) -> Candidates:
+    """The teacher's top-`pool` wrong images of every caption and wrong captions of every image,
+    scored in caption chunks (the per-image lists merge chunk by chunk: no N_cap x N_img matrix)."""
+    caption_image = torch.as_tensor(np.asarray(store.caption_image, dtype=np.int64))
+    pool_img = min(pool, store.n_images - 1)
+    pool_cap = min(pool, store.n_captions - int(torch.bincount(caption_image).max()))
+    images = np.empty((store.n_captions, pool_img), dtype=np.int64)
+    best = torch.full((store.n_images, 0), float("-inf"))                # per image: running top captions
+    best_idx = torch.zeros((store.n_images, 0), dtype=torch.long)
     for start in range(0, store.n_captions, chunk):
-        idx = np.arange(start, min(start + chunk, store.n_captions))
-        scores = score_store(teacher, store, device, caption_idx=idx, progress=False).T   # (chunk, N_img)
-        scores[torch.arange(len(idx)), torch.from_numpy(caption_image[idx])] = float("-inf")
-        out[idx] = scores.topk(pool, dim=1).indices.cpu().numpy()
-    return out
+        idx = torch.arange(start, min(start + chunk, store.n_captions))
+        scores = score_store(teacher, store, device, caption_idx=idx.numpy(), progress=False).cpu()  # (N_img, chunk)
+        scores[caption_image[idx], torch.arange(len(idx))] = float("-inf")   # each caption's own image
+        images[idx.numpy()] = scores.T.topk(pool_img, dim=1).indices.numpy()
+        best, at = torch.cat([best, scores], 1).topk(min(pool_cap, best.shape[1] + len(idx)), dim=1)
+        best_idx = torch.cat([best_idx, idx.expand(store.n_images, -1)], 1).gather(1, at)
+    return Candidates(images=images, captions=best_idx.numpy())
 
 
 def neighbour_order(caption_image: np.ndarray, neighbours: np.ndarray, group: int,
@@ -91,7 +106,7 @@ def neighbour_order(caption_image: np.ndarray, neighbours: np.ndarray, group: in
 def teacher_neighbour_batches(teacher: torch.nn.Module, store: FeatureStore, group: int, pool: int,
                               device: torch.device | str) -> PairOrder:
     """The fit loop's pair order for teacher-neighbour batches (neighbours found once, here)."""
-    neighbours = teacher_neighbours(teacher, store, pool, device)
+    neighbours = teacher_candidates(teacher, store, pool, device).images
     log.info("teacher neighbours: top %d images of %d captions (groups of %d)", neighbours.shape[1],
              len(neighbours), group)
     caption_image = np.asarray(store.caption_image)

@@ -7,7 +7,7 @@ subsample of queries, each against the WHOLE fold: text queries against all 1,00
 image queries against all 5,000 captions. Every result names its protocol and query counts.
 The cheap, complete alternative is re-ranking: the cross-encoder re-orders the student's top-k
 for every query (k passes per query): :func:`pair_scorers` plug into
-aladin.evaluation.two_stage_rank_fn, :func:`rerank` serves a single query list.
+aladin.evaluation.two_stage_rank_fn. Sampled figures carry a bootstrap interval over queries.
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ import contextlib
 import logging
 import os
 import time
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import ConfigError
-from .metrics import ranks_i2t, ranks_t2i, summarize
+from .metrics import bootstrap_interval, ranks_i2t, ranks_t2i, summarize
 from .models.cross_encoder import CrossEncoder
 from .models.factory import load_model, skipped_reason
+from .scoring import embed_store_items
 from .store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
@@ -41,28 +41,6 @@ def _eval_mode(model: torch.nn.Module):
         yield
     finally:
         model.train(was_training)
-
-
-def _cat_padded(parts: list[Tokens]) -> Tokens:
-    """Concatenate chunks cropped to different lengths, zero-padding (mask False) to the longest."""
-    t = max(x.shape[1] for x, _ in parts)
-    return (torch.cat([F.pad(x, (0, 0, 0, t - x.shape[1])) for x, _ in parts]),
-            torch.cat([F.pad(m, (0, t - m.shape[1])) for _, m in parts]))
-
-
-@torch.no_grad()
-def embed_items(model: CrossEncoder, store: FeatureStore, index: np.ndarray, kind: Literal["image", "caption"],
-                device: torch.device | str, batch_size: int = 256) -> Tokens:
-    """Input tokens of store images / captions `index`: the only per-item work of a cross-encoder."""
-    index = np.asarray(index, dtype=np.int64)
-    parts = []
-    for s in range(0, len(index), batch_size):
-        chunk = index[s:s + batch_size]
-        if kind == "image":
-            parts.append(model.embed_images(store.image_batch(chunk).to(device)))
-        else:
-            parts.append(model.embed_texts(store.caption_batch(chunk).to(device)))
-    return _cat_padded(parts)
 
 
 @torch.no_grad()
@@ -81,27 +59,13 @@ def cross_scores(model: CrossEncoder, store: FeatureStore, image_idx: np.ndarray
                  device: torch.device | str, batch_size: int = 2048) -> np.ndarray:
     """(N_img, N_cap) cross-encoder logits of store images `image_idx` x captions `caption_idx`."""
     with _eval_mode(model):
-        img = embed_items(model, store, image_idx, "image", device)
-        txt = embed_items(model, store, caption_idx, "caption", device)
+        img = embed_store_items(model, store, "image", device, image_idx)
+        txt = embed_store_items(model, store, "caption", device, caption_idx)
         n_img, n_cap = len(image_idx), len(caption_idx)
         rows = torch.arange(n_img * n_cap, device=img[0].device)
         s = score_rows(model, img, txt, rows // n_cap, rows % n_cap, batch_size,
                        desc=f"cross-encoder {n_img}x{n_cap} pairs")
     return s.view(n_img, n_cap).numpy()
-
-
-def rerank(model: CrossEncoder, store: FeatureStore, query_idx: np.ndarray, candidates: np.ndarray,
-           device: torch.device | str, query: Literal["caption", "image"] = "caption",
-           batch_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Re-order each query's candidate list by cross-encoder score (best first).
-
-    query="caption": `query_idx` are store captions and `candidates` (Q, k) store images (text ->
-    image search); query="image": the reverse. Returns (reordered candidates (Q, k), their
-    logits (Q, k)); ties keep the incoming (student) order.
-    """
-    scores = candidate_scores(model, store, query_idx, candidates, device, query, batch_size)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
 
 
 def candidate_scores(model: CrossEncoder, store: FeatureStore, query_idx: np.ndarray, candidates: np.ndarray,
@@ -115,8 +79,8 @@ def candidate_scores(model: CrossEncoder, store: FeatureStore, query_idx: np.nda
     empty = candidates < 0
     items, cand_rows = np.unique(np.where(empty, candidates.max(initial=0), candidates), return_inverse=True)
     with _eval_mode(model):
-        q = embed_items(model, store, query_idx, query, device)
-        c = embed_items(model, store, items, "image" if query == "caption" else "caption", device)
+        q = embed_store_items(model, store, query, device, query_idx)
+        c = embed_store_items(model, store, "image" if query == "caption" else "caption", device, items)
         dev = q[0].device
         q_rows = torch.arange(len(query_idx), device=dev).repeat_interleave(candidates.shape[1])
         c_rows = torch.as_tensor(cand_rows.reshape(-1), device=dev)
@@ -166,12 +130,13 @@ def subsample_queries(store: FeatureStore, n_images: int, text_queries: int, ima
 
 def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int = 1000,
                        text_queries: int = 100, image_queries: int = 10, seed: int = 0,
-                       batch_size: int = 2048) -> dict[str, float | str]:
+                       batch_size: int = 2048) -> dict[str, Any]:
     """Retrieval metrics of exhaustive cross-encoder scoring on fold 0, for a query subsample.
 
     Text queries are ranked against all `n_images` images, image queries against all their
     captions, so each query's rank is exactly its rank under the 1K protocol (fold 0); only the
-    set of queries is sampled. Keys: the usual metrics plus protocol, query counts, pairs, time.
+    set of queries is sampled. Keys: the usual metrics, their 95% bootstrap interval over queries
+    ('interval_95'), protocol, query counts, pairs, time.
     """
     t0 = time.perf_counter()
     cap_q, img_q = subsample_queries(store, n_images, text_queries, image_queries, seed)
@@ -189,7 +154,7 @@ def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.d
         r_t2i = ranks_t2i(s_t2i, cap_img[cap_q])
         r_i2t = _ranks_i2t_rows(s_i2t, cap_img[gallery_cap], img_q)
         pairs = s_t2i.size + s_i2t.size
-    out: dict[str, float | str] = dict(summarize(r_i2t, r_t2i))
+    out: dict[str, Any] = {**summarize(r_i2t, r_t2i), "interval_95": bootstrap_interval(r_i2t, r_t2i, seed=seed)}
     out.update({
         "protocol": f"fold0_{n_images}img" + ("" if full else "_query_subsample"),
         "t2i_queries": float(len(cap_q)), "i2t_queries": float(len(img_q)),
@@ -201,7 +166,7 @@ def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.d
 
 
 def sampled_metrics(scores: np.ndarray, store: FeatureStore, n_images: int, caption_queries: np.ndarray,
-                    image_queries: np.ndarray) -> dict[str, float]:
+                    image_queries: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Another model's metrics on exactly the queries :func:`exhaustive_metrics` sampled.
 
     `scores` is that model's (N_img, N_cap) test matrix; ranks are taken inside fold 0, so the
@@ -211,12 +176,13 @@ def sampled_metrics(scores: np.ndarray, store: FeatureStore, n_images: int, capt
     gallery_cap = np.flatnonzero(cap_img < n_images)
     r_t2i = ranks_t2i(scores[:n_images][:, caption_queries], cap_img[caption_queries])
     r_i2t = _ranks_i2t_rows(scores[image_queries][:, gallery_cap], cap_img[gallery_cap], image_queries)
-    return summarize(r_i2t, r_t2i)
+    return {**summarize(r_i2t, r_t2i), "interval_95": bootstrap_interval(r_i2t, r_t2i, seed=seed)}
 
 
 def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, device: torch.device | str,
-                   batch_size: int = 2048) -> Callable[[int | Batch], np.ndarray]:
-    """``search(query) -> (n_images,)`` logits: one text query against the first n_images images.
+                   batch_size: int = 2048) -> Callable[..., np.ndarray]:
+    """``search(query, images=None) -> (n,)`` logits of one text query against the first `n_images`
+    images, or against those of them in `images` (a candidate list to re-rank).
 
     What a cross-encoder search costs per query, for the latency harness: image tokens are
     projected once beforehand (the only per-item precomputation a cross-encoder allows), then
@@ -225,13 +191,14 @@ def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, devi
     Puts the model in eval mode.
     """
     model.eval()
-    img = embed_items(model, store, np.arange(n_images), "image", device)
-    rows = torch.arange(n_images, device=img[0].device)
+    img = embed_store_items(model, store, "image", device, np.arange(n_images))
+    every = torch.arange(n_images, device=img[0].device)
 
     @torch.no_grad()
-    def search(query: int | Batch) -> np.ndarray:
+    def search(query: int | Batch, images: np.ndarray | None = None) -> np.ndarray:
         batch = query if isinstance(query, Batch) else store.caption_batch([int(query)])
         txt = model.embed_texts(batch.to(device))
+        rows = every if images is None else torch.as_tensor(images, device=every.device)
         return score_rows(model, img, txt, rows, torch.zeros_like(rows), batch_size).numpy()
     return search
 

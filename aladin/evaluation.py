@@ -226,9 +226,10 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
         two_stage = two_stage_scores(student_scores, np.asarray(teacher_scores), top_img)
         rows["two_stage"]["within_family"] = binding_metrics(two_stage, store, scenes)["within_family"]
         rows["student"]["within_family"] = rows["student_exact"]["within_family"]
-    full = (slice(0, store.n_images), slice(0, store.n_captions))
-    depths = [{"rerank_k": d, **summarize(*two_stage_rank_fn(retrieval, cap_img, d, *scorers)(*full))}
-              for d in sorted(set(p.rerank_depths))]
+    depths = []
+    for d in sorted(set(p.rerank_depths)):
+        m = protocol(two_stage_rank_fn(retrieval, cap_img, d, *scorers), cap_img)
+        depths.append({"rerank_k": d, **m[full_key(store.n_images)], "rsum_1k": m.get("1k", {}).get("rsum")})
 
     if cross is not None:
         from . import cross_eval
@@ -237,8 +238,8 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
         args = (n, p.cross_text_queries, p.cross_image_queries, seed)
         rows["cross_encoder"] = {"fold0_sampled": cross_eval.exhaustive_metrics(cross, store, device, *args)}
         cap_q, img_q = cross_eval.subsample_queries(store, *args)
-        rows["teacher"]["fold0_sampled"] = cross_eval.sampled_metrics(teacher_scores, store, n, cap_q, img_q)
-        rows["student_exact"]["fold0_sampled"] = cross_eval.sampled_metrics(student_scores, store, n, cap_q, img_q)
+        for name, matrix in (("teacher", teacher_scores), ("student_exact", student_scores)):
+            rows[name]["fold0_sampled"] = cross_eval.sampled_metrics(matrix, store, n, cap_q, img_q, seed)
         fold0 = (slice(0, n), slice(0, n * captions_per_image(cap_img, store.n_images)))
         rows["cross_rerank"] = {"rerank_k": p.cross_rerank_k, "fold0": summarize(*two_stage_rank_fn(
             retrieval, cap_img, p.cross_rerank_k, *cross_eval.pair_scorers(cross, store, device))(*fold0))}

@@ -27,6 +27,7 @@ from PIL import Image
 from .errors import DataError
 from .features import TextBackbone, VisionBackbone, image_batch, text_batch
 from .index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
+from .metrics import full_key
 from .retriever import Retriever
 from .store import FeatureStore
 from .timing import per_query, throughput
@@ -178,9 +179,11 @@ def search_latency(retr: Retriever, texts: Sequence[str], images: Sequence[Image
     return {"text": t, "image": im, "index_kinds": kinds, "rerank": rerank}
 
 
-def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[str],
-                       cfg: LatencyParams) -> list[dict[str, Any]]:
-    """Text-query latency of the cross-encoder: raw text -> backbone -> one joint pass per image.
+def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[str], cfg: LatencyParams,
+                       rerank_k: int) -> list[dict[str, Any]]:
+    """Text-query latency of the cross-encoder: raw text -> backbone -> one joint pass per image
+    (``cross_encoder``), and as a re-ranker of the student's top `rerank_k` on the whole test
+    collection (``cross_rerank``: raw text -> backbone -> student -> index -> rerank_k passes).
 
     Real test images only (sizes past the test set are skipped): its cost is one transformer
     pass per pair, so a fixed sample of `cross_queries` queries is timed.
@@ -188,8 +191,9 @@ def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[
     from .cross_eval import text_search_fn
 
     store, queries, rows = retr.store, texts[:cfg.cross_queries], []
+    device = next(model.parameters()).device
     for n in sorted(n for n in set(cfg.cross_sizes) if n <= store.n_images):
-        search_fn = text_search_fn(model, store, n, next(model.parameters()).device)
+        search_fn = text_search_fn(model, store, n, device)
 
         def query(q: str) -> np.ndarray:
             scores = torch.as_tensor(search_fn(text_batch(retr.text_backbone, [q])))
@@ -197,6 +201,18 @@ def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[
         row = per_query(query, queries, min(cfg.warmup, 1))
         rows.append({"method": "cross_encoder", "query": "text", "n_images": n, "synthetic": False, **row})
         log.info("cross-encoder, %d images: %.1f ms (p50, %d queries)", n, row["p50_ms"], len(queries))
+
+    rescore = text_search_fn(model, store, store.n_images, device)
+
+    def rerank(q: str) -> np.ndarray:
+        batch, emb = retr.encode_texts([q])                          # one backbone pass serves both
+        ids = search(retr.index.images, emb, rerank_k)[1][0]
+        ids = ids[ids >= 0]
+        return ids[np.argsort(-rescore(batch, ids), kind="stable")][:cfg.k]
+    row = per_query(rerank, texts[:cfg.n_queries], cfg.warmup)
+    rows.append({"method": "cross_rerank", "query": "text", "n_images": store.n_images, "synthetic": False,
+                 "rerank_k": rerank_k, **row})
+    log.info("cross-encoder re-ranking the student's top %d: %.1f ms (p50)", rerank_k, row["p50_ms"])
     return rows
 
 
@@ -266,6 +282,56 @@ def latency_report(system: dict[str, Any], encoders: dict[str, Any], teacher: di
         "image_queries": "decoded test images (PIL), resized and encoded by the vision backbone"}
     return {"text": t, "image": im, "summary": summary, "targets": targets, "conventions": conventions,
             "scaling": rows, "index_kinds": system["index_kinds"], "rerank": system["rerank"]}
+
+
+def efficiency_points(report: dict[str, Any], depths: list[dict[str, Any]], evaluation: dict[str, Any],
+                      scaling: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's efficiency-vs-effectiveness figure: one point per method, rsum under the 1K
+    protocol against the p50 latency of a text query on the whole test collection (5K).
+
+    1K rsum is the mean over the five folds, except for the cross-encoder rows, which are scored
+    on fold 0 (sampled queries for the exhaustive one); the `protocol` column says which (a test
+    set smaller than 5K has only its full-set key). The student without distillation has the
+    student's architecture, so its latency.
+    """
+    n = evaluation["protocol"]["n_images"]
+    key = "1k" if "1k" in evaluation["teacher"] else full_key(n)
+    student_ms = report["text"]["student"]["p50_ms"]
+    pts = [{"method": "student", "rsum": evaluation["student"][key]["rsum"], "p50_ms": student_ms},
+           {"method": "student_triplet", "rsum": evaluation["student_triplet"][key]["rsum"], "p50_ms": student_ms},
+           {"method": "teacher", "rsum": evaluation["teacher"][key]["rsum"], "p50_ms": _p50(scaling, "teacher", n)}]
+    pts += [{"method": f"two_stage_k{int(d['rerank_k'])}", "rsum": d["rsum_1k"] if key == "1k" else d["rsum"],
+             "p50_ms": d["e2e_p50_ms"]} for d in depths]
+    pts = [{**p, "protocol": key} for p in pts]
+    if "cross_encoder" in evaluation:
+        k = evaluation["cross_rerank"]["rerank_k"]
+        pts += [{"method": "cross_encoder", "rsum": evaluation["cross_encoder"]["fold0_sampled"]["rsum"],
+                 "p50_ms": _p50(scaling, "cross_encoder", n), "protocol": "fold0_sampled"},
+                {"method": f"cross_rerank_k{k}", "rsum": evaluation["cross_rerank"]["fold0"]["rsum"],
+                 "p50_ms": _p50(scaling, "cross_rerank", n), "protocol": "fold0"}]
+    return [p for p in pts if p["p50_ms"] is not None]
+
+
+def plot_efficiency(points: list[dict[str, Any]], path: Path) -> None:
+    """plots/efficiency.png: rsum against per-query latency (log axis), a point per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in points:
+        marker = "s" if p["method"].startswith("cross") else "D" if p["method"] == "teacher" else "o"
+        ax.semilogx(p["p50_ms"], p["rsum"], marker, color="C3" if p["method"].startswith("cross") else "C0")
+        ax.annotate(p["method"], (p["p50_ms"], p["rsum"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set(xlabel="p50 latency per text query, whole test collection (ms, log)",
+           ylabel=f"rsum ({points[0]['protocol']} protocol)",
+           title="Effectiveness vs efficiency (red: cross-encoder, fold 0)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
 
 
 def plot_report(report: dict[str, Any], depths: list[dict[str, Any]], path: Path) -> None:

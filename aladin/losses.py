@@ -95,6 +95,6 @@ def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor
     return cross_entropy(1) + cross_entropy(0)
 
 
-def pair_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-encoder: binary cross-entropy of pair match logits (B,) against labels 1 (match) / 0."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+def list_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-encoder: mean softmax cross-entropy of candidate lists (Q, 1+n) whose positive is column 0."""
+    return torch.nn.functional.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))

@@ -245,6 +245,24 @@ def summarize(r_i2t: np.ndarray, r_t2i: np.ndarray) -> dict[str, float]:
     return out
 
 
+def bootstrap_interval(r_i2t: np.ndarray, r_t2i: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals over queries of each R@K and of rsum.
+
+    Each resample draws the image queries and the caption queries with replacement (each direction
+    its own queries, as sampled); a metric's interval is the central `level` of its resampled values.
+    """
+    rng = np.random.default_rng(seed)
+    draws: dict[str, np.ndarray] = {}
+    for name, r in (("i2t", np.asarray(r_i2t)), ("t2i", np.asarray(r_t2i))):
+        pick = rng.integers(0, len(r), (n_boot, len(r)))                     # (n_boot, Q) resampled queries
+        for k in KS:
+            draws[f"{name}_r{k}"] = 100.0 * (r[pick] <= k).mean(axis=1)
+    draws["rsum"] = sum(draws[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in KS)
+    tail = 100 * (1 - level) / 2
+    return {key: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for key, v in draws.items()}
+
+
 def retrieval_metrics(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> dict[str, float]:
     """All metrics of one (N_img, N_cap) score matrix."""
     return summarize(ranks_i2t(scores, caption_image), ranks_t2i(scores, caption_image))

@@ -86,6 +86,8 @@ class CrossEncoderConfig:
     heads: int = 4
     ff: int = 256
     dropout: float = 0.1
+    inputs: StudentInputs = "teacher_tokens"   # fusion layers over: the frozen teacher encoders'
+                                               # tokens (ALBEF/BLIP-style) | the backbones' features
 
     def validate(self) -> None:
         require_transformer(self, "width", ("width", "layers", "heads", "ff"))
@@ -351,7 +353,9 @@ class CrossParams(Training):
     enabled: bool
     model: CrossEncoderConfig
     optim: OptimConfig
-    mine_candidates: int         # hard negative: best-scoring of this many random wrong in-batch images
+    pool: int                    # hard negatives come from the teacher's top-`pool` wrong items per query
+    hard_negatives: int          # per query and direction, drawn from that pool
+    random_negatives: int        # per query and direction, drawn from all wrong items
     select_images: int           # per-epoch selection: all pairs of the first N val images
     eval_images: int             # reported metrics: fold 0 of val, this many images
     eval_text_queries: int       # sampled captions, each against all eval_images images (0 = all)
@@ -360,9 +364,11 @@ class CrossParams(Training):
 
     def validate(self) -> None:
         super().validate()
-        require(self.mine_candidates >= 1, "mine_candidates", "must be >= 1")
-        require(self.optim.batch_size >= self.mine_candidates + 2, "optim.batch_size",
-                "must exceed mine_candidates + 1 (wrong images to mine and draw from)")
+        require(self.pool >= 1, "pool", "must be >= 1")
+        require(0 <= self.hard_negatives <= self.pool, "hard_negatives", f"must be in [0, pool={self.pool}]")
+        require(self.random_negatives >= 0, "random_negatives", "must be >= 0")
+        require(self.hard_negatives + self.random_negatives >= 1, "hard_negatives",
+                "with random_negatives: at least one negative per list")
         for name in ("select_images", "eval_images", "eval_batch_size"):
             require(getattr(self, name) >= 2, name, "must be >= 2")
         for name in ("eval_text_queries", "eval_image_queries"):

@@ -23,6 +23,7 @@ from .errors import DataError
 from .features import image_batch, store_backbones, text_batch
 from .index import IndexConfig, load_index_dir, search
 from .models.factory import load_model
+from .scoring import embed_store_items
 from .store import Batch, open_split
 
 
@@ -57,26 +58,8 @@ class Retriever:
                                 f"{self.index.captions.ntotal} captions, {self.store.path} has "
                                 f"{self.store.n_images} / {self.store.n_captions}")
         self.teacher = load_model(teacher, self.device, kind="alignment") if teacher is not None else None
-        self.teacher_images = self._teacher_tokens("image") if self.teacher is not None else None
+        self.teacher_images = embed_store_items(self.teacher, self.store, "image", self.device) if self.teacher is not None else None
         self._teacher_captions: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @torch.inference_mode()
-    def _teacher_tokens(self, kind: str, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher token vectors of every image (or caption), padded to the longest: (N, T, d), (N, T)."""
-        n = self.store.n_images if kind == "image" else self.store.n_captions
-        counts = self.store.region_counts if kind == "image" else self.store.token_counts
-        width = max(int(np.max(counts)), 1)
-        embs, masks = [], []
-        for s in range(0, n, batch_size):
-            idx = np.arange(s, min(s + batch_size, n))
-            if kind == "image":
-                emb, mask = self.teacher.embed_images(self.store.image_batch(idx).to(self.device))
-            else:
-                emb, mask = self.teacher.embed_texts(self.store.caption_batch(idx).to(self.device))
-            pad = width - emb.shape[1]
-            embs.append(torch.nn.functional.pad(emb, (0, 0, 0, pad)))
-            masks.append(torch.nn.functional.pad(mask, (0, pad)))
-        return torch.cat(embs), torch.cat(masks)
 
     # -- query encoding: the part every method pays ------------------------------------------------
     @torch.inference_mode()
@@ -163,7 +146,7 @@ class Retriever:
         """Exhaustive teacher scoring against every caption (their teacher vectors cached on first use)."""
         self._require_teacher()
         if self._teacher_captions is None:
-            self._teacher_captions = self._teacher_tokens("caption")
+            self._teacher_captions = embed_store_items(self.teacher, self.store, "caption", self.device)
         batch = image_batch(self.vision_backbone, [image.convert("RGB")])
         img, img_mask = self.teacher.embed_images(batch)
         s = self.teacher.score(img, img_mask, *self._teacher_captions)[0].float().cpu().numpy()

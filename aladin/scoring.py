@@ -151,14 +151,21 @@ def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple
 
 
 @torch.no_grad()
-def embed_store_images(model: torch.nn.Module, store, device: torch.device | str, image_idx: np.ndarray,
-                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, R_max, d) region embeddings and (N, R_max) mask of store images `image_idx`."""
+def embed_store_items(model: torch.nn.Module, store, kind: Literal["image", "caption"], device: torch.device | str,
+                      index: np.ndarray | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T, d) token embeddings and (N, T) validity mask of store images or captions `index`
+    (all by default), `batch_size` at a time, padded to the longest: for any model whose
+    ``embed_images`` / ``embed_texts`` return (tokens, mask) (the teacher, the cross-encoder)."""
+    n = store.n_images if kind == "image" else store.n_captions
+    index = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    counts = np.asarray(store.region_counts if kind == "image" else store.token_counts)[index]
+    width = int(counts.max()) if len(index) else 1
+    embed, fetch = ((model.embed_images, store.image_batch) if kind == "image"
+                    else (model.embed_texts, store.caption_batch))
     embs, masks = [], []
-    r_max = int(np.asarray(store.region_counts)[image_idx].max()) if len(image_idx) else 1
-    for s in range(0, len(image_idx), batch_size):
-        e, mk = model.embed_images(store.image_batch(image_idx[s:s + batch_size]).to(device))
-        pad = r_max - e.shape[1]
+    for s in range(0, len(index), batch_size):
+        e, mk = embed(fetch(index[s:s + batch_size]).to(device))
+        pad = width - e.shape[1]
         embs.append(torch.nn.functional.pad(e, (0, 0, 0, pad)))
         masks.append(torch.nn.functional.pad(mk, (0, pad), value=False))
     return torch.cat(embs), torch.cat(masks)
@@ -176,7 +183,7 @@ def score_store(model: torch.nn.Module, store, device: torch.device | str, chunk
     model.eval()
     image_idx = np.arange(store.n_images) if image_idx is None else np.asarray(image_idx, dtype=np.int64)
     caption_idx = np.arange(store.n_captions) if caption_idx is None else np.asarray(caption_idx, dtype=np.int64)
-    img, img_mask = embed_store_images(model, store, device, image_idx, batch_size)
+    img, img_mask = embed_store_items(model, store, "image", device, image_idx, batch_size)
     order = np.argsort(np.asarray(store.token_counts)[caption_idx], kind="stable")
     caps, columns = [], []
     for s in range(0, len(order), batch_size):

@@ -1,7 +1,8 @@
 """Stage `cross`: features/{train,val} -> models/cross.pt + metrics/cross.json (the cross-encoder baseline).
 
-The kind of model ALADIN is compared with: one joint transformer per image-text pair, trained
-with binary cross-entropy on positives, mined hard negatives and random negatives. Model
+The kind of model ALADIN is compared with: one joint transformer per image-text pair (fusion
+layers over the frozen teacher's token encoders by default), trained listwise in both directions
+against the teacher's hard negatives and random ones (aladin.cross_training). Model
 selection scores all pairs of the first `select_images` val images each epoch; the reported
 metrics score fold 0 of val (1,000 images) exhaustively for a fixed query subsample, since every
 pair costs a transformer pass (see aladin.cross_eval). With `enabled: false` the stage writes its
@@ -18,15 +19,16 @@ import torch
 
 from aladin import distributed, params
 from aladin.cross_eval import exhaustive_metrics
-from aladin.losses import pair_bce_loss
-from aladin.models.cross_encoder import mined_pair_logits
-from aladin.models.factory import build_model
+from aladin.batching import teacher_candidates
+from aladin.cross_training import list_logits
+from aladin.losses import list_softmax_loss
+from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_matching_splits
 from aladin.training import train_stage, write_skipped
 
 log = logging.getLogger("aladin")
-FEATURES = Path("features")
+FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")
 
 
 def numeric(metrics: dict) -> dict[str, float]:
@@ -46,14 +48,20 @@ def main() -> None:
     select_images = min(cfg.select_images, val.n_images)
     eval_images = min(cfg.eval_images, val.n_images)
 
+    teacher = load_model(TEACHER, device, kind="alignment")
+    candidates = teacher_candidates(teacher, train, cfg.pool, device)       # the first stage's hard negatives
+    log.info("cross: teacher's top %d wrong images per caption and captions per image", cfg.pool)
     seed_everything(seed)
-    model = build_model("cross", cfg.model, train.manifest["d_img"], train.manifest["d_txt"])
+    encoder = {"token_encoder": teacher} if cfg.model.inputs == "teacher_tokens" else {}
+    model = build_model("cross", cfg.model, train.manifest["d_img"], train.manifest["d_txt"], **encoder)
 
     def loss_fn(model, batch):
         # Negatives drawn from torch's RNG, which fit reseeds every epoch: a resumed run redraws the same.
         rng = np.random.default_rng(int(torch.randint(2**62, ())))
-        logits, labels = mined_pair_logits(model, batch, cfg.mine_candidates, rng)
-        return pair_bce_loss(logits, labels), {}
+        t2i, i2t = list_logits(model, train, batch.caption_index.cpu().numpy(), candidates, cfg.hard_negatives,
+                               cfg.random_negatives, rng, device)
+        loss_t2i, loss_i2t = list_softmax_loss(t2i), list_softmax_loss(i2t)
+        return (loss_t2i + loss_i2t) / 2, {"loss_t2i": loss_t2i.item(), "loss_i2t": loss_i2t.item()}
 
     def validate(model):
         return numeric(exhaustive_metrics(model, val, device, select_images, 0, 0, seed, cfg.eval_batch_size))

@@ -1,7 +1,8 @@
 """Stage `latency`: the search system end to end (raw query -> backbone -> student -> index
 (-> teacher re-rank)) on the test collection, joined with the encoder, teacher and scaling
 stages' measurements -> metrics/latency.json, plots/{latency_scaling,index_tradeoff,
-rerank_tradeoff}.csv and plots/latency.png. Targets are checked and printed.
+rerank_tradeoff,efficiency}.csv, plots/latency.png and plots/efficiency.png (1K rsum against
+latency, a point per method). Targets are checked and printed.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from aladin import params
 from aladin.cross_eval import load_cross
 from aladin.errors import DataError
 from aladin.io import atomic_path, read_json, write_json
-from aladin.latency import (cross_encoder_rows, latency_queries, latency_report, plot_report, search_latency,
-                            test_image_files)
+from aladin.latency import (cross_encoder_rows, efficiency_points, latency_queries, latency_report, plot_efficiency,
+                            plot_report, search_latency, test_image_files)
 from aladin.retriever import Retriever
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.tracking import mlflow_run
@@ -40,7 +41,8 @@ def main() -> None:
     texts, images = latency_queries(retr.store, test_image_files(retr.store), cfg, seed)
     system = search_latency(retr, texts, images, cfg, seed, rerank_k, quality["rerank_k"].tolist())
     cross = load_cross(CROSS, device)
-    cross_rows = cross_encoder_rows(retr, cross, texts, cfg) if cross is not None else []
+    cross_rows = ([] if cross is None else
+                  cross_encoder_rows(retr, cross, texts, cfg, int(evaluation["cross_rerank"]["rerank_k"])))
     report = latency_report(system, read_json(METRICS / "latency_encoders.json"),
                             read_json(METRICS / "latency_teacher.json"),
                             read_json(METRICS / "latency_scaling.json")["rows"], cross_rows, evaluation, cfg)
@@ -48,6 +50,7 @@ def main() -> None:
     depths = depths.merge(quality, on="rerank_k")
     tables = {"latency_scaling": report.pop("scaling"), "index_tradeoff": report.pop("index_kinds"),
               "rerank_tradeoff": depths.to_dict("records")}
+    tables["efficiency"] = efficiency_points(report, tables["rerank_tradeoff"], evaluation, tables["latency_scaling"])
     with mlflow_run("latency", {"latency": asdict(cfg), "seed": seed}, tracking) as run:
         write_json(METRICS / "latency.json", report)
         for name, rows in tables.items():
@@ -55,11 +58,12 @@ def main() -> None:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
         plot_report({"scaling": tables["latency_scaling"], "index_kinds": tables["index_tradeoff"]},
                     tables["rerank_tradeoff"], PLOTS / "latency.png")
+        plot_efficiency(tables["efficiency"], PLOTS / "efficiency.png")
         run.log_metrics({k: v for k, v in report.items() if k != "conventions"})
         run.log_headline({f"latency_{k}": v for k, v in report["summary"].items() if v is not None}
                          | {"latency_student_p50_ms": report["text"]["student"]["p50_ms"],
                             "latency_two_stage_p50_ms": report["text"]["two_stage"]["p50_ms"]})
-        for f in (*(f"{name}.csv" for name in tables), "latency.png"):
+        for f in (*(f"{name}.csv" for name in tables), "latency.png", "efficiency.png"):
             run.log_artifact(PLOTS / f)
     for name, tgt in report["targets"].items():
         print(f"target {name}: {tgt['value']} (limit {tgt['limit']}) -> "

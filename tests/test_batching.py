@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from aladin.batching import neighbour_order, teacher_neighbours
+from aladin.batching import neighbour_order, teacher_candidates
 from aladin.models.factory import build_model
 from aladin.params import AlignmentConfig
 from aladin.scoring import score_store
@@ -39,18 +39,25 @@ def test_group_of_one_is_a_permutation():
     assert sorted(order.tolist()) == list(range(20))
 
 
-def test_teacher_neighbours_are_its_best_other_images(tmp_path):
+def test_teacher_candidates_are_its_best_wrong_items_both_ways(tmp_path):
     random_store(tmp_path / "s", n_img=9, cpi=2)
     store = open_split(tmp_path, "s")
     torch.manual_seed(0)
     teacher = build_model("alignment", AlignmentConfig(d=16, layers=1, heads=2, ff=32, dropout=0.0),
                           store.manifest["d_img"], store.manifest["d_txt"]).eval()
-    nb = teacher_neighbours(teacher, store, pool=3, device="cpu")
+    cand = teacher_candidates(teacher, store, pool=3, device="cpu")
     scores = score_store(teacher, store, "cpu", progress=False).numpy()   # (N_img, N_cap)
-    assert nb.shape == (store.n_captions, 3)
-    np.testing.assert_array_equal(teacher_neighbours(teacher, store, pool=3, device="cpu", chunk=4), nb)
-    for j in range(store.n_captions):
+    assert cand.images.shape == (store.n_captions, 3) and cand.captions.shape == (store.n_images, 3)
+    chunked = teacher_candidates(teacher, store, pool=3, device="cpu", chunk=4)   # lists merged over chunks
+    np.testing.assert_array_equal(chunked.images, cand.images)
+    np.testing.assert_allclose(np.take_along_axis(scores, chunked.captions, 1),   # equal up to float
+                               np.take_along_axis(scores, cand.captions, 1), rtol=1e-5)   # ties' order
+    for j in range(store.n_captions):                  # naive: sort every caption's column
         own = store.caption_image[j]
         ranked = [i for i in np.argsort(-scores[:, j], kind="stable") if i != own]
-        assert own not in nb[j]
-        np.testing.assert_allclose(scores[nb[j], j], scores[ranked[:3], j], rtol=1e-6)
+        assert own not in cand.images[j]
+        np.testing.assert_allclose(scores[cand.images[j], j], scores[ranked[:3], j], rtol=1e-6)
+    for i in range(store.n_images):                    # ... and every image's row
+        ranked = [j for j in np.argsort(-scores[i], kind="stable") if store.caption_image[j] != i]
+        assert all(store.caption_image[j] != i for j in cand.captions[i])
+        np.testing.assert_allclose(scores[i, cand.captions[i]], scores[i, ranked[:3]], rtol=1e-6)

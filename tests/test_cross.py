@@ -1,18 +1,21 @@
-"""Cross-encoder baseline: shapes, masking, pair/matrix agreement, mining, evaluation, training."""
+"""Cross-encoder baseline: shapes, masking, pair agreement, negatives, lists, intervals, evaluation, training."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from aladin.cross_eval import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, rerank,
-                               sampled_metrics, subsample_queries, text_search_fn)
+from aladin.batching import Candidates
+from aladin.cross_eval import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, sampled_metrics,
+                               subsample_queries, text_search_fn)
+from aladin.cross_training import draw_negatives, list_logits
 from aladin.errors import ConfigError
 from aladin.io import read_json
-from aladin.losses import pair_bce_loss
-from aladin.metrics import ranks_t2i, retrieval_metrics
-from aladin.models.cross_encoder import CrossEncoder, mined_pair_logits, sample_negatives
+from aladin.losses import list_softmax_loss
+from aladin.metrics import bootstrap_interval, ranks_t2i, retrieval_metrics
+from aladin.models.cross_encoder import CrossEncoder
 from aladin.models.factory import build_model, load_model, save_checkpoint
+from aladin.params import AlignmentConfig
 from aladin.store import Batch, StoreWriter, open_split
 from aladin.training import OptimConfig, fit
 
@@ -21,8 +24,23 @@ D_IMG, D_TXT = 12, 10
 
 def small_model(seed: int = 0, **kw) -> CrossEncoder:
     torch.manual_seed(seed)
-    cfg = CrossEncoder.Config(**{"width": 16, "layers": 2, "heads": 2, "ff": 32, "dropout": 0.0, **kw})
+    cfg = CrossEncoder.Config(**{"width": 16, "layers": 2, "heads": 2, "ff": 32, "dropout": 0.0,
+                                 "inputs": "features", **kw})
     return CrossEncoder(cfg, D_IMG, D_TXT).eval()
+
+
+def pair_logits(m: CrossEncoder, batch: Batch) -> torch.Tensor:
+    """Logits (B,) of the aligned image / caption rows of a batch."""
+    return m.joint(*m.embed_images(batch), *m.embed_texts(batch))
+
+
+def naive_matrix(m: CrossEncoder, images: Batch, captions: Batch) -> torch.Tensor:
+    """(N_img, N_cap) logits, one single-pair pass at a time."""
+    def row(b: Batch, i: int, keys: tuple[str, ...]) -> dict:
+        return {k: getattr(b, k)[i:i + 1] for k in keys}
+    img_keys, cap_keys = ("regions", "boxes", "region_mask"), ("tokens", "token_mask")
+    return torch.tensor([[pair_logits(m, Batch(**row(images, i, img_keys), **row(captions, j, cap_keys))).item()
+                          for j in range(captions.tokens.shape[0])] for i in range(images.regions.shape[0])])
 
 
 def random_batch(b: int = 4, r: int = 5, length: int = 6, seed: int = 0) -> Batch:
@@ -36,9 +54,9 @@ def random_batch(b: int = 4, r: int = 5, length: int = 6, seed: int = 0) -> Batc
                  image_index=torch.arange(b), caption_index=torch.arange(b))
 
 
-def test_score_pairs_shape_and_padding_changes_nothing():
+def test_pair_logits_shape_and_padding_changes_nothing():
     m, b = small_model(), random_batch()
-    s = m.score_pairs(b)
+    s = pair_logits(m, b)
     assert s.shape == (4,)
     # Extra padded slots with arbitrary content, and garbage in the existing padding: same scores.
     padded = Batch(regions=torch.cat([b.regions.masked_fill(~b.region_mask[..., None], 7.0),
@@ -48,67 +66,80 @@ def test_score_pairs_shape_and_padding_changes_nothing():
                    tokens=torch.cat([b.tokens.masked_fill(~b.token_mask[..., None], -3.0),
                                      torch.randn(4, 2, D_TXT)], 1),
                    token_mask=torch.cat([b.token_mask, torch.zeros(4, 2, dtype=torch.bool)], 1))
-    torch.testing.assert_close(m.score_pairs(padded), s, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pair_logits(m, padded), s, atol=1e-5, rtol=1e-5)
     # ... while a real token does change the score (the mask is not hiding everything).
     unmasked = Batch(**{**b.__dict__, "token_mask": torch.ones_like(b.token_mask)})
-    assert not torch.allclose(m.score_pairs(unmasked), s)
-
-
-def test_score_matrix_equals_pairwise_score_pairs():
-    m = small_model(seed=1)
-    imgs, caps = random_batch(b=3, seed=2), random_batch(b=5, seed=3)
-    mat = m.score_matrix(imgs, caps, chunk=4)                                # several chunks
-    assert mat.shape == (3, 5)
-    for i in range(3):
-        for j in range(5):
-            one = Batch(regions=imgs.regions[i:i + 1], boxes=imgs.boxes[i:i + 1],
-                        region_mask=imgs.region_mask[i:i + 1],
-                        tokens=caps.tokens[j:j + 1], token_mask=caps.token_mask[j:j + 1])
-            torch.testing.assert_close(mat[i, j], m.score_pairs(one)[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pair_logits(m, unmasked), s)
 
 
 def test_score_depends_on_the_pair_jointly():
     """Not a sum of an image term and a caption term: s(a,x) + s(b,y) != s(a,y) + s(b,x)."""
     m = small_model(seed=4)
-    s = m.score_matrix(random_batch(b=2, seed=5), random_batch(b=2, seed=6))
+    s = naive_matrix(m, random_batch(b=2, seed=5), random_batch(b=2, seed=6))
     assert abs((s[0, 0] + s[1, 1] - s[0, 1] - s[1, 0]).item()) > 1e-4
 
 
-def test_sample_negatives_never_returns_a_positive():
-    image_index = np.array([0, 0, 1, 2, 2, 3, 4])                            # captions of the same image
-    neg = sample_negatives(image_index, 3, np.random.default_rng(0))
-    assert neg.shape == (7, 3)
-    for b, row in enumerate(neg):
-        assert len(set(row)) == 3
-        assert all(image_index[j] != image_index[b] for j in row)
-    # Rows of images 0 and 2 have only 5 wrong rows: asking for more gives that many, all wrong.
-    neg = sample_negatives(image_index, 9, np.random.default_rng(0))
-    assert neg.shape == (7, 5)
-    assert all(image_index[j] != image_index[b] for b, row in enumerate(neg) for j in row)
+def test_draw_negatives_takes_distinct_pool_items_and_never_a_positive():
+    caption_image = np.repeat(np.arange(6), 2)                               # 6 images x 2 captions
+    pool = np.array([[(caption_image[c] + k) % 6 for k in (1, 2, 3, 4)] for c in range(12)])
+    queries = np.array([0, 3, 3, 11])
+    positive = lambda c, i: caption_image[c] == i                          # noqa: E731
+    neg = draw_negatives(pool, queries, 3, 5, 6, positive, np.random.default_rng(0))
+    assert neg.shape == (4, 8)
+    for q, row in zip(queries, neg):
+        assert len(set(row[:3])) == 3 and set(row[:3]) <= set(pool[q])     # hard: distinct, from the pool
+        assert all(i != caption_image[q] for i in row)                      # random ones too: never the positive
+    again = draw_negatives(pool, queries, 3, 5, 6, positive, np.random.default_rng(0))
+    np.testing.assert_array_equal(neg, again)                               # seeded
+    # Random draws only, from a tiny collection where most draws hit the positive: still none.
+    neg = draw_negatives(pool, np.arange(12), 0, 20, 2, lambda c, i: i == 0, np.random.default_rng(1))
+    assert (neg == 1).all()
 
 
-def test_mined_negative_is_the_highest_scoring_candidate():
-    m = small_model(seed=7)
-    b = random_batch(b=6, seed=8)
-    b.image_index = torch.tensor([0, 1, 1, 2, 3, 4])                         # rows 1, 2: one image
-    logits, labels = mined_pair_logits(m, b, n_candidates=3, rng=np.random.default_rng(0))
-    assert logits.shape == labels.shape == (18,)
-    assert labels.tolist() == [1.0] * 6 + [0.0] * 12
-    with torch.no_grad():
-        full = m.score_matrix(b, b).T                                        # (caption row, image row)
-    torch.testing.assert_close(logits[:6], full.diagonal())
-    # The same draws: 3 mined candidates + 1 random negative per caption, all wrong images.
-    cand = sample_negatives(b.image_index.numpy(), 4, np.random.default_rng(0))
-    for q in range(6):
-        assert logits[6 + q].item() == pytest.approx(max(full[q, j].item() for j in cand[q, :3]), abs=1e-5)
-        assert logits[12 + q].item() == pytest.approx(full[q, cand[q, 3]].item(), abs=1e-5)
+def test_list_logits_score_each_pair_against_wrong_items_in_both_directions(tmp_path):
+    store = write_store(tmp_path / "train", 6, per_image=2)
+    cap_img = np.asarray(store.caption_image)
+    cand = Candidates(images=np.array([[(cap_img[c] + k) % 6 for k in (1, 2, 3)] for c in range(12)]),
+                      captions=np.array([[(2 * i + k) % 12 for k in (2, 3, 4)] for i in range(6)]))
+    m = small_model(seed=3)
+    captions = np.array([5, 0, 8])
+    t2i, i2t = list_logits(m, store, captions, cand, 2, 1, np.random.default_rng(0), "cpu")
+    assert t2i.shape == i2t.shape == (3, 4) and t2i.requires_grad
+    # The same draws, then every listed pair scored alone against the naive matrix.
+    rng = np.random.default_rng(0)
+    neg_img = draw_negatives(cand.images, captions, 2, 1, 6, lambda c, i: cap_img[c] == i, rng)
+    neg_cap = draw_negatives(cand.captions, cap_img[captions], 2, 1, 12, lambda i, c: cap_img[c] == i, rng)
+    full = naive_matrix(m, store.image_batch(np.arange(6)), store.caption_batch(np.arange(12)))
+    for b, c in enumerate(captions):
+        i = cap_img[c]
+        assert all(cap_img[c] != j for j in neg_img[b]) and all(cap_img[k] != i for k in neg_cap[b])
+        torch.testing.assert_close(t2i[b].detach(), full[[i, *neg_img[b]], c], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(i2t[b].detach(), full[i, [c, *neg_cap[b]]], atol=1e-5, rtol=1e-5)
 
 
-def test_pair_bce_loss_matches_formula():
-    logits, labels = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.0])
-    p = torch.sigmoid(logits)
-    naive = -(torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(1 - p[2])) / 3
-    torch.testing.assert_close(pair_bce_loss(logits, labels), naive)
+def test_list_softmax_loss_matches_formula():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
+    naive = -sum(torch.log(torch.exp(r[0]) / torch.exp(r).sum()) for r in logits) / 2
+    torch.testing.assert_close(list_softmax_loss(logits), naive)
+
+
+def test_bootstrap_interval_on_hand_built_ranks():
+    # Every query right: no spread at all.
+    assert bootstrap_interval(np.ones(7), np.ones(5))["rsum"] == [600.0, 600.0]
+    # Two text queries, one right at 1 and one wrong past 10 (image queries all right): a resample
+    # holds 0, 1 or 2 right ones with probability 1/4, 1/2, 1/4, so t2i R@1 is 0, 50 or 100 and
+    # the central 95% of the resamples spans [0, 100]; its mean is 50.
+    iv = bootstrap_interval(np.ones(4), np.array([1, 20]), n_boot=4000, seed=3)
+    assert iv["t2i_r1"] == [0.0, 100.0] and iv["i2t_r10"] == [100.0, 100.0]
+    assert iv["rsum"] == [300.0, 600.0]
+    # Against a naive loop over resamples drawn the same way.
+    r_i2t, r_t2i = np.array([1, 3, 12, 2, 1, 7]), np.array([4, 1, 1, 30, 2, 1, 9, 1])
+    rng = np.random.default_rng(5)
+    picks = {d: rng.integers(0, len(r), (300, len(r))) for d, r in (("i2t", r_i2t), ("t2i", r_t2i))}
+    rsums = [sum(100 * np.mean(r[picks[d][b]] <= k) for d, r in (("i2t", r_i2t), ("t2i", r_t2i)) for k in (1, 5, 10))
+             for b in range(300)]
+    got = bootstrap_interval(r_i2t, r_t2i, n_boot=300, seed=5)["rsum"]
+    np.testing.assert_allclose(got, [np.percentile(rsums, 2.5), np.percentile(rsums, 97.5)])
 
 
 # --- tiny feature stores with a planted signal -------------------------------------------------
@@ -135,40 +166,30 @@ def write_store(path, n_images: int, per_image: int = 2, seed: int = 0, r: int =
     return open_split(path.parent, path.name)
 
 
-def test_cross_scores_and_rerank_agree_with_score_matrix(tmp_path):
+def test_cross_scores_agree_with_single_pair_passes(tmp_path):
     store = write_store(tmp_path / "test", 6)
     m = small_model(seed=9)
     img, cap = np.array([4, 0, 2]), np.array([1, 7, 3, 10])
     s = cross_scores(m, store, img, cap, "cpu", batch_size=5)
-    ref = m.score_matrix(store.image_batch(img), store.caption_batch(cap)).detach().numpy()
+    ref = naive_matrix(m, store.image_batch(img), store.caption_batch(cap)).numpy()
     np.testing.assert_allclose(s, ref, atol=1e-5)
     # One text query against the first 5 images, by caption id or as a raw-query Batch.
     search = text_search_fn(m, store, 5, "cpu", batch_size=2)
     col = cross_scores(m, store, np.arange(5), np.array([7]), "cpu")[:, 0]
     np.testing.assert_allclose(search(7), col, atol=1e-5)
     np.testing.assert_allclose(search(store.caption_batch([7])), col, atol=1e-5)
+    np.testing.assert_allclose(search(7, np.array([3, 0])), col[[3, 0]], atol=1e-5)   # a candidate list
     # Scoring is in eval mode (no dropout) whatever the caller's mode, which it restores.
     noisy = small_model(seed=9, dropout=0.5).train()
     np.testing.assert_allclose(cross_scores(noisy, store, img, cap, "cpu"), s, atol=1e-5)
     assert noisy.training
-    # Text -> image re-ranking of candidate lists: sorted by the same scores.
-    cands = np.array([[4, 0, 2], [2, 4, 0]])
-    order, scores = rerank(m, store, cap[:2], cands, "cpu", query="caption")
-    for q in range(2):
-        expect = [img[i] for i in np.argsort(-s[:, q])]
-        ref_row = {int(i): s[k, q] for k, i in enumerate(img)}
-        assert list(order[q]) == expect
-        np.testing.assert_allclose(scores[q], [ref_row[int(i)] for i in order[q]], atol=1e-5)
-    # Image -> text.
-    order, scores = rerank(m, store, img[:1], cap[None, :], "cpu", query="image")
-    assert list(order[0]) == [cap[j] for j in np.argsort(-s[0])]
 
 
 def test_exhaustive_metrics_full_and_subsampled_agree_with_reference(tmp_path):
     store = write_store(tmp_path / "test", 8, per_image=2)
     m = small_model(seed=10)
     full = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=0, image_queries=0)
-    s = m.score_matrix(store.image_batch(np.arange(6)), store.caption_batch(np.arange(12))).detach().numpy()
+    s = naive_matrix(m, store.image_batch(np.arange(6)), store.caption_batch(np.arange(12))).numpy()
     ref = retrieval_metrics(s, np.array(store.caption_image[:12]))
     for k, v in ref.items():
         assert full[k] == pytest.approx(v)
@@ -192,7 +213,8 @@ def test_sampled_metrics_of_a_score_matrix_equal_the_cross_encoders_own(tmp_path
     sub = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=5, image_queries=3, seed=4)
     cq, iq = subsample_queries(store, 6, 5, 3, seed=4)
     full = cross_scores(m, store, np.arange(8), np.arange(16), "cpu")       # the whole test set
-    got = sampled_metrics(full, store, 6, cq, iq)
+    got = sampled_metrics(full, store, 6, cq, iq, seed=4)
+    assert got.pop("interval_95") == sub["interval_95"]             # same ranks, same resamples
     for k, v in got.items():
         assert sub[k] == pytest.approx(v), k
 
@@ -215,19 +237,23 @@ def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path)
     torch.manual_seed(0)
     train = write_store(tmp_path / "train", 48, per_image=2, seed=1)
     val = write_store(tmp_path / "val", 10, per_image=2, seed=2)
-    cfg = CrossEncoder.Config(width=16, layers=1, heads=2, ff=32, dropout=0.0)
+    cfg = CrossEncoder.Config(width=16, layers=1, heads=2, ff=32, dropout=0.0, inputs="features")
     model = build_model("cross", cfg, D_IMG, D_TXT)
     rng = np.random.default_rng(0)
+    cap_img, img = np.asarray(train.caption_image), np.arange(train.n_images)
+    pools = Candidates(images=(cap_img[:, None] + np.arange(1, 9)) % 48,           # any wrong items
+                       captions=(2 * img[:, None] + np.arange(2, 10)) % 96)
 
     def loss_fn(model, batch):
-        logits, labels = mined_pair_logits(model, batch, n_candidates=3, rng=rng)
-        return pair_bce_loss(logits, labels), {}
+        t2i, i2t = list_logits(model, train, batch.caption_index.numpy(), pools, 2, 1, rng, "cpu")
+        return list_softmax_loss(t2i) + list_softmax_loss(i2t), {}
 
     def validate(model):
         return exhaustive_metrics(model, val, "cpu", n_images=10, text_queries=0, image_queries=0)
 
     before = validate(model.eval())["rsum"]
-    res = fit(model, loss_fn, train, lambda mdl: {k: v for k, v in validate(mdl).items() if k != "protocol"},
+    res = fit(model, loss_fn, train, lambda mdl: {k: v for k, v in validate(mdl).items()
+                                                  if isinstance(v, float)},
               OptimConfig(lr_decay_epochs=[], epochs=12, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None)
     after = validate(model)
     # Chance on 10 images / 20 captions: t2i R@1 10%, i2t R@1 ~ 20%, rsum ~ 150.
@@ -248,6 +274,10 @@ def run_stage_in(tmp_path, monkeypatch, cross_params: str):
 
     write_store(tmp_path / "features" / "train", 24, per_image=2, seed=1)
     write_store(tmp_path / "features" / "val", 8, per_image=2, seed=2)
+    torch.manual_seed(0)                                   # the first stage: an (untrained) teacher
+    teacher_cfg = AlignmentConfig(d=16, layers=1, heads=2, ff=32, dropout=0.0)
+    save_checkpoint(tmp_path / "models" / "teacher.pt", build_model("alignment", teacher_cfg, D_IMG, D_TXT),
+                    "alignment", teacher_cfg)
     write_params(tmp_path, {"seed": 0, "tracking": {"enabled": False}, "cross": yaml.safe_load(cross_params)})
     monkeypatch.chdir(tmp_path)
     stage.main()
@@ -256,9 +286,11 @@ def run_stage_in(tmp_path, monkeypatch, cross_params: str):
 
 STAGE_PARAMS = """
   enabled: true
-  model: {width: 16, layers: 1, heads: 2, ff: 32, dropout: 0.1}
+  model: {width: 16, layers: 1, heads: 2, ff: 32, dropout: 0.1, inputs: teacher_tokens}
   optim: {epochs: 2, batch_size: 8, lr: 0.003}
-  mine_candidates: 2
+  pool: 4
+  hard_negatives: 2
+  random_negatives: 1
   select_images: 4
   eval_images: 6
   eval_text_queries: 5
@@ -271,8 +303,15 @@ def test_stage_trains_and_writes_its_outputs(tmp_path, monkeypatch):
     assert metrics["val_fold0"]["protocol"] == "fold0_6img_query_subsample"
     assert metrics["val_fold0"]["t2i_queries"] == 5 and metrics["val_fold0"]["i2t_queries"] == 3
     assert "fixed random query samples" in metrics["note"] and metrics["best_epoch"] in (0, 1)
-    assert isinstance(load_cross(tmp_path / "models" / "cross.pt"), CrossEncoder)
-    assert (tmp_path / "plots" / "cross_history.csv").read_text().startswith("epoch")
+    cross = load_cross(tmp_path / "models" / "cross.pt")
+    assert isinstance(cross, CrossEncoder) and cross.token_encoder is not None    # the teacher's, frozen
+    teacher = load_model(tmp_path / "models" / "teacher.pt", kind="alignment")
+    assert all(torch.equal(a, b) for a, b in zip(cross.token_encoder.state_dict().values(),
+                                                 teacher.state_dict().values()))
+    low, high = metrics["val_fold0"]["interval_95"]["rsum"]
+    assert 0 <= low <= metrics["val_fold0"]["rsum"] <= high <= 600
+    history = (tmp_path / "plots" / "cross_history.csv").read_text()
+    assert history.startswith("epoch") and "loss_t2i" in history and "loss_i2t" in history
     # The shared seed fixes the result (dropout, shuffles and negative draws included).
     (tmp_path / "again").mkdir()
     again = run_stage_in(tmp_path / "again", monkeypatch, STAGE_PARAMS)
@@ -290,5 +329,5 @@ def test_stage_disabled_writes_skipped_outputs(tmp_path, monkeypatch):
 
 
 def test_bad_params_name_the_parameter(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="cross.optim.batch_size"):
-        run_stage_in(tmp_path, monkeypatch, "  enabled: true\n  mine_candidates: 8\n  optim: {batch_size: 8}\n")
+    with pytest.raises(ConfigError, match="cross.hard_negatives"):
+        run_stage_in(tmp_path, monkeypatch, "  enabled: true\n  pool: 2\n  hard_negatives: 3\n")

@@ -2,7 +2,6 @@
 through the same functions the stages call (prepare -> open_precomputed -> write_region_features)."""
 import base64
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from aladin.data.manifest import Dataset, load_dataset, write_dataset
 from aladin.datasets import (KarpathyConfig, PrecompConfig, VinvlTsvConfig, eccv_metrics,
                              eccv_metrics_from_topk, load_coco_ids, open_precomputed, prepare,
                              write_region_features)
-from aladin.datasets.coco_ids import coco_caption_ids
 from aladin.errors import ConfigError, DataError
 from aladin.store import FeatureStore, StoreWriter, open_split
 from tests._params import run_stage, write_params

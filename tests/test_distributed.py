@@ -19,8 +19,9 @@ import torch
 from aladin import distributed
 from aladin.distillation import CachedTeacher, LossConfig, StudentLoss
 from aladin.errors import ConfigError
-from aladin.losses import pair_bce_loss, positive_mask, triplet_loss
-from aladin.models.cross_encoder import mined_pair_logits
+from aladin.batching import Candidates
+from aladin.cross_training import list_logits
+from aladin.losses import list_softmax_loss, positive_mask, triplet_loss
 from aladin.models.factory import build_model
 from aladin.store import FeatureStore
 from aladin.training import OptimConfig, epoch_batches, epoch_seed, fit
@@ -31,7 +32,7 @@ from tests._params import run_stage, write_params
 D_IMG, D_TXT, R, L, CPI = 12, 10, 3, 4, 2
 TEACHER = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1}
 STUDENT = {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8}
-CROSS = {"width": 16, "layers": 1, "heads": 2, "ff": 16}
+CROSS = {"width": 16, "layers": 1, "heads": 2, "ff": 16, "inputs": "features"}
 STEP = dict(batch_size=8, lr=1e-2, weight_decay=0.5)     # the one-step checks' optimiser
 CLIP = 0.05
 
@@ -40,10 +41,17 @@ def teacher_loss(model, batch):
     return triplet_loss(model(batch), positive_mask(batch)), {}
 
 
-def cross_loss(model, batch):
-    rng = np.random.default_rng(int(torch.randint(2**62, ())))
-    logits, labels = mined_pair_logits(model, batch, 2, rng)
-    return pair_bce_loss(logits, labels), {}
+def cross_loss(store: FeatureStore):
+    """Listwise cross-encoder loss; the hard-negative pools are the next items (any wrong ones do)."""
+    img, cap = np.arange(store.n_images), np.arange(store.n_captions)
+    pools = Candidates(images=(store.caption_image[:, None] + [[1, 2]]) % store.n_images,
+                       captions=(cap[CPI * img][:, None] + [[CPI, CPI + 1]]) % store.n_captions)
+
+    def loss(model, batch):
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        t2i, i2t = list_logits(model, store, batch.caption_index.numpy(), pools, 1, 1, rng, "cpu")
+        return list_softmax_loss(t2i) + list_softmax_loss(i2t), {}
+    return loss
 
 
 def model(kind: str, cfg: dict, seed: int = 0) -> torch.nn.Module:
@@ -104,7 +112,7 @@ def _worker(root: str) -> dict:
     res = fit(m, loss, train, val_metric, cfg, 0, device, None, on_epoch_start=loss.on_epoch_start)
     out["student"] = (weights(m), res.history)
     m = model("cross", CROSS)
-    fit(m, cross_loss, train, val_metric, OptimConfig(lr_decay_epochs=[], epochs=1, batch_size=8, lr=3e-3), 0, device, None)
+    fit(m, cross_loss(train), train, val_metric, OptimConfig(lr_decay_epochs=[], epochs=1, batch_size=8, lr=3e-3), 0, device, None)
     out["cross"] = weights(m)
     distributed.teardown()
     return out

@@ -97,3 +97,23 @@ def test_retriever_and_latency_recipes_structure(tiny):
     overhead = system["text"]["student"]["p50_ms"] - own["search_p50_ms"]
     assert [r["p50_ms"] for r in e2e] == pytest.approx([overhead + flat[8], overhead + flat[20]])
     assert set(report["targets"]) >= {"student_5k_vs_text_encoder", "two_stage_rsum_vs_teacher"}
+
+
+def test_efficiency_points_join_quality_and_latency_per_method():
+    rows = lambda r: {"1k": {"rsum": r}, "5k": {"rsum": r / 2}}           # noqa: E731
+    evaluation = {"protocol": {"n_images": 5000}, "student": rows(240.0), "student_triplet": rows(170.0),
+                  "teacher": rows(316.0), "cross_encoder": {"fold0_sampled": {"rsum": 330.0}},
+                  "cross_rerank": {"rerank_k": 10, "fold0": {"rsum": 300.0}}}
+    scaling = [{"method": m, "query": "text", "n_images": n, "p50_ms": ms}
+               for m, n, ms in (("teacher", 5000, 65.0), ("teacher", 1000, 14.0), ("cross_encoder", 5000, 2100.0),
+                                ("cross_rerank", 5000, 25.0))]
+    depths = [{"rerank_k": 10, "rsum": 150.0, "rsum_1k": 290.0, "e2e_p50_ms": 19.0}]
+    pts = {p["method"]: p for p in L.efficiency_points({"text": {"student": {"p50_ms": 17.5}}}, depths,
+                                                       evaluation, scaling)}
+    assert set(pts) == {"student", "student_triplet", "teacher", "two_stage_k10", "cross_encoder", "cross_rerank_k10"}
+    assert (pts["teacher"]["rsum"], pts["teacher"]["p50_ms"], pts["teacher"]["protocol"]) == (316.0, 65.0, "1k")
+    assert pts["student_triplet"]["p50_ms"] == pts["student"]["p50_ms"] == 17.5    # the same architecture
+    assert (pts["two_stage_k10"]["rsum"], pts["two_stage_k10"]["p50_ms"]) == (290.0, 19.0)
+    assert (pts["cross_encoder"]["rsum"], pts["cross_encoder"]["p50_ms"], pts["cross_encoder"]["protocol"]) == \
+        (330.0, 2100.0, "fold0_sampled")
+    assert (pts["cross_rerank_k10"]["p50_ms"], pts["cross_rerank_k10"]["protocol"]) == (25.0, "fold0")

@@ -8,6 +8,7 @@ computes the same data and features hashes (a shared DVC cache hits).
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -81,6 +82,10 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     for row in ("teacher", "student", "student_triplet", "two_stage"):
         assert 0 <= evaluation["summary"][f"{row}_family_r1"] <= 100
         assert evaluation["summary"][f"{row}_t2i_vs_oracle"] >= 0
+    # The efficiency figure: a point per method, the cross-encoder's two among them.
+    points = {r["method"] for r in csv.DictReader((repo / "plots" / "efficiency.csv").open())}
+    assert {"student", "student_triplet", "teacher", "two_stage_k10", "cross_encoder", "cross_rerank_k10"} <= points
+    assert (repo / "plots" / "efficiency.png").stat().st_size > 0
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "baseline results"], repo, env)
 

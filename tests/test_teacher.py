@@ -243,9 +243,10 @@ def test_no_special_drops_the_last_valid_token_not_the_last_position():
 
 
 def test_model_word_set_reaches_every_scoring_path_and_old_checkpoints_load(tmp_path):
-    store, model = random_store(tmp_path / "s", length=8), make_model()
-    special = build_model("alignment", {**vars(model.cfg), "words": "no_special"}, 10, 9).eval()
-    special.load_state_dict(model.state_dict())
+    store, special = random_store(tmp_path / "s", length=8), make_model()
+    model = build_model("alignment", {**vars(special.cfg), "words": "all"}, 10, 9).eval()
+    model.load_state_dict(special.state_dict())
+    assert special.cfg.words == "no_special"                               # the default
     with torch.no_grad():
         img = special.embed_images(store.image_batch(np.arange(6)))
         txt = special.embed_texts(store.caption_batch(np.arange(12)))
@@ -256,7 +257,7 @@ def test_model_word_set_reaches_every_scoring_path_and_old_checkpoints_load(tmp_
         assert not torch.allclose(model.score(*img, *txt), expected)
     grad_img = img[0].clone().requires_grad_(True)
     torch.testing.assert_close(special.score(grad_img, img[1], *txt).detach(), expected)
-    # A checkpoint written before the field existed loads with today's behaviour ("all").
+    # A checkpoint written before the field existed loads with the behaviour it was trained with ("all").
     save_checkpoint(tmp_path / "m.pt", model, "alignment", model.cfg)
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     del ckpt["config"]["words"]
