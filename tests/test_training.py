@@ -18,7 +18,8 @@ from aladin.training import OptimConfig, fit
 
 torch.set_num_threads(1)
 D_IMG, D_TXT, R, L, CPI = 16, 12, 4, 4, 2
-MODEL_CFG = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1}
+# Planted token vectors carry no [CLS] / [SEP]: every token is a word.
+MODEL_CFG = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1, "words": "all"}
 
 
 def planted_store(path: Path, n_img: int, seed: int, w: np.ndarray) -> FeatureStore:
