@@ -41,7 +41,7 @@ def teacher_candidates(teacher: torch.nn.Module, store: FeatureStore, pool: int,
                        device: torch.device | str, chunk: int = CAPTION_CHUNK) -> Candidates:
     """The teacher's top-`pool` wrong images of every caption and wrong captions of every image,
     scored in caption chunks (the per-image lists merge chunk by chunk: no N_cap x N_img matrix)."""
-    caption_image = torch.as_tensor(np.asarray(store.caption_image, dtype=np.int64))
+    caption_image = torch.from_numpy(np.array(store.caption_image, dtype=np.int64))   # a writable copy
     pool_img = min(pool, store.n_images - 1)
     pool_cap = min(pool, store.n_captions - int(torch.bincount(caption_image).max()))
     images = np.empty((store.n_captions, pool_img), dtype=np.int64)

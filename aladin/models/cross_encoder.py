@@ -20,6 +20,7 @@ from torch import nn
 
 from ..params import CrossEncoderConfig
 from ..store import Batch
+from .token_inputs import TokenInputs
 
 IMAGE, TEXT = 0, 1  # modality (type) ids
 
@@ -55,7 +56,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
-class CrossEncoder(nn.Module):
+class CrossEncoder(TokenInputs):
     """``embed_images`` / ``embed_texts`` project items once; ``joint`` scores aligned pairs of them."""
 
     Config = CrossEncoderConfig
@@ -64,13 +65,7 @@ class CrossEncoder(nn.Module):
         super().__init__()
         self.cfg, self.d_img, self.d_txt = cfg, d_img, d_txt
         d = cfg.width
-        self.token_encoder = None
-        d_regions, d_words = d_img, d_txt
-        if cfg.inputs == "teacher_tokens":
-            if token_encoder is None:
-                raise ValueError("cross-encoder with inputs 'teacher_tokens' needs the teacher (token_encoder)")
-            self.token_encoder = token_encoder.eval().requires_grad_(False)   # frozen, no dropout
-            d_regions = d_words = token_encoder.cfg.d
+        d_regions, d_words = self.init_token_inputs(cfg.inputs, token_encoder, d_img, d_txt)
         self.region_proj = nn.Linear(d_regions, d)
         self.box_proj = nn.Linear(6, d)
         self.word_proj = nn.Linear(d_words, d)
@@ -82,23 +77,15 @@ class CrossEncoder(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
 
-    def train(self, mode: bool = True) -> "CrossEncoder":
-        super().train(mode)
-        if self.token_encoder is not None:
-            self.token_encoder.eval()
-        return self
-
     # Per-item token projections: the only work that can be shared across pairs.
     def embed_images(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, R, d) region tokens with their type embedding, and the (B, R) validity mask."""
-        regions = batch.regions if self.token_encoder is None else self.token_encoder.embed_images(batch)[0]
-        x = self.region_proj(regions) + self.box_proj(batch.boxes)
+        x = self.region_proj(self.region_inputs(batch)) + self.box_proj(batch.boxes)
         return self.ln_img(x) + self.type_emb.weight[IMAGE], batch.region_mask
 
     def embed_texts(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, d) word tokens with their type embedding, and the (B, L) validity mask."""
-        words = batch.tokens if self.token_encoder is None else self.token_encoder.embed_texts(batch)[0]
-        return self.ln_txt(self.word_proj(words)) + self.type_emb.weight[TEXT], batch.token_mask
+        return self.ln_txt(self.word_proj(self.word_inputs(batch))) + self.type_emb.weight[TEXT], batch.token_mask
 
     def joint(self, img: torch.Tensor, img_mask: torch.Tensor,
               txt: torch.Tensor, txt_mask: torch.Tensor) -> torch.Tensor:

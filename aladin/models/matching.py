@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..params import MatchingConfig, Pooling
 from ..store import Batch
+from .token_inputs import TokenInputs
 
 
 class Pool(nn.Module):
@@ -58,7 +59,7 @@ class Tower(nn.Module):
         return F.normalize(self.out(self.pool(h, mask)), dim=-1)
 
 
-class MatchingHead(nn.Module):
+class MatchingHead(TokenInputs):
     """The student. ``embed_images(batch) -> (B, dim)``, ``embed_texts(batch) -> (B, dim)``."""
 
     Config = MatchingConfig
@@ -67,13 +68,7 @@ class MatchingHead(nn.Module):
         super().__init__()
         self.cfg, self.d_img, self.d_txt, self.dim = cfg, d_img, d_txt, cfg.dim
         d = cfg.d_model
-        self.token_encoder = None
-        d_regions, d_tokens = d_img, d_txt
-        if cfg.inputs == "teacher_tokens":
-            if token_encoder is None:
-                raise ValueError("matching head with inputs 'teacher_tokens' needs the teacher (token_encoder)")
-            self.token_encoder = token_encoder.eval().requires_grad_(False)   # frozen, no dropout
-            d_regions = d_tokens = token_encoder.cfg.d
+        d_regions, d_tokens = self.init_token_inputs(cfg.inputs, token_encoder, d_img, d_txt)
         self.region_proj = nn.Linear(d_regions, d)
         self.box_proj = nn.Linear(6, d)
         self.token_proj = nn.Linear(d_tokens, d)
@@ -94,15 +89,8 @@ class MatchingHead(nn.Module):
     def txt_tower(self) -> Tower:
         return self.towers[-1]
 
-    def train(self, mode: bool = True) -> "MatchingHead":
-        super().train(mode)
-        if self.token_encoder is not None:
-            self.token_encoder.eval()
-        return self
-
     def embed_images(self, batch: Batch) -> torch.Tensor:
-        regions = batch.regions if self.token_encoder is None else self.token_encoder.embed_images(batch)[0]
-        x = self.img_norm(self.region_proj(regions) + self.box_proj(batch.boxes))       # (B, R, d)
+        x = self.img_norm(self.region_proj(self.region_inputs(batch)) + self.box_proj(batch.boxes))       # (B, R, d)
         mask = batch.region_mask
         if self.img_cls is not None:
             x = torch.cat([self.img_cls.expand(x.shape[0], -1, -1), x], dim=1)      # (B, 1+R, d)
@@ -110,8 +98,7 @@ class MatchingHead(nn.Module):
         return self.img_tower(x, mask)
 
     def embed_texts(self, batch: Batch) -> torch.Tensor:
-        tokens = batch.tokens if self.token_encoder is None else self.token_encoder.embed_texts(batch)[0]
-        return self.txt_tower(self.txt_norm(self.token_proj(tokens)), batch.token_mask)
+        return self.txt_tower(self.txt_norm(self.token_proj(self.word_inputs(batch))), batch.token_mask)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """(B_img, B_cap) cosine scores between the batch's images and captions."""
