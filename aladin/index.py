@@ -122,6 +122,16 @@ class IndexDir:
     cfg: IndexConfig
     manifest: dict[str, Any]
 
+    @property
+    def seed(self) -> int:
+        return int(self.manifest.get("seed", 0))
+
+    def of_kind(self, kind: str, side: str = "images") -> faiss.Index:
+        """A `kind` index over the stored embeddings of `side` ("images" | "captions"), with the
+        stored knobs and seed: another index kind compared without re-encoding anything."""
+        emb = {"images": self.image_emb, "captions": self.caption_emb}[side]
+        return build_index(emb, dataclasses.replace(self.cfg, kind=kind), self.seed)
+
 
 def save_index_dir(path: str | os.PathLike, image_emb: np.ndarray, caption_emb: np.ndarray,
                    cfg: IndexConfig, seed: int, provenance: dict[str, Any]) -> None:

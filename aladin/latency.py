@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.images import load_rgb
 from .errors import DataError
 from .features import TextBackbone, VisionBackbone, image_batch, text_batch
 from .index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
@@ -56,7 +57,7 @@ def latency_queries(store: FeatureStore, image_files: Sequence[Path], cfg: Laten
     """The fixed query sample every timing stage uses: test captions (the first `n_queries` are
     timed one by one, all `throughput_queries` in batches) and decoded test images."""
     texts = [store.captions[j] for j in sample_ids(store.n_captions, max(cfg.n_queries, cfg.throughput_queries), seed)]
-    images = [Image.open(image_files[i]).convert("RGB") for i in sample_ids(len(image_files), cfg.n_image_queries, seed)]
+    images = [load_rgb(image_files[i]) for i in sample_ids(len(image_files), cfg.n_image_queries, seed)]
     return texts, images
 
 
@@ -165,7 +166,7 @@ def search_latency(retr: Retriever, texts: Sequence[str], images: Sequence[Image
     exact = exact_topk(idx.image_emb, idx.caption_emb, cfg.k)
     kinds = []
     for kind in cfg.index_kinds:
-        index = build_index(idx.image_emb, dataclasses.replace(idx.cfg, kind=kind), seed)
+        index = idx.of_kind(kind)
         row = {"kind": kind, "n_images": len(idx.image_emb),
                "recall_at_k_vs_flat": recall_vs_exact(search(index, idx.caption_emb, cfg.k)[1], exact)}
         row.update({f"search_{k_}": v for k_, v in per_query(lambda e: search(index, e[None], cfg.k), q_emb, w).items()})

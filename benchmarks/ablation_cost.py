@@ -1,30 +1,59 @@
-"""The cost of a `distill.*` ablation: `dvc exp run -S distill.temperature=...` timed side by side
-in reproduced checkouts of two commits (e.g. before and after a pipeline restructuring).
+"""The cost of the pipeline, timed side by side in checkouts of two commits (e.g. before and after a
+pipeline restructuring), one after the other on this machine.
 
-    python benchmarks/ablation_cost.py /path/to/old/checkout /path/to/new/checkout
+    python benchmarks/ablation_cost.py /path/to/old /path/to/new            # a distill.* ablation
+    python benchmarks/ablation_cost.py --full /path/to/old /path/to/new     # the whole `dvc repro`
 
-Each checkout must have run `dvc repro` (so only what the parameter touches re-runs) and have no
-uncommitted changes to tracked files. Prints, per checkout, the wall time, the CPU time of the
-child processes (user + system: what a slower machine of the same kind stretches) and the stages
-that ran, then each ratio to the first checkout. Afterwards each checkout is put back as it was:
-the experiment removed (`dvc exp remove`), tracked files and DVC outputs restored.
+Ablation (default): times `dvc exp run -S distill.temperature=...`. Each checkout must have run
+`dvc repro` (so only what the parameter touches re-runs) and have no uncommitted changes to tracked
+files; afterwards it is put back as it was (experiment removed, tracked files and DVC outputs
+restored). `--full`: times `dvc repro -f` (every stage, nothing reused) and leaves its results in
+the workspace; commit or discard them before timing an ablation there.
+
+Prints, per checkout, the wall time, the CPU time of the child processes (user + system: what a
+slower machine of the same kind stretches), the wall time of each stage that ran, then each ratio
+to the first checkout.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+STAGE_LINE = "Running stage '"
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+
+def checkout_env(repo: Path) -> dict:
+    # Each checkout imports its own `aladin`, even where another one is installed in editable mode.
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo)}
+
+
+def dvc_timed(repo: Path, *args: str) -> dict:
+    """Run dvc in `repo`, streaming its output to note when each stage starts."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=checkout_env(repo))
+    starts: list[tuple[str, float]] = []
+    tail: list[str] = []
+    for line in proc.stdout:
+        if line.startswith(STAGE_LINE):
+            starts.append((line[len(STAGE_LINE):].split("'")[0], time.perf_counter() - t0))
+        tail = (tail + [line])[-40:]
+    proc.wait()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"{repo}: dvc {' '.join(args)} failed:\n{''.join(tail)}")
+    ends = [t for _, t in starts[1:]] + [wall]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"repo": str(repo), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "stage_wall_s": {name: round(end - start, 1) for (name, start), end in zip(starts, ends)}}
 
 
 def require_clean(repo: Path) -> None:
@@ -35,33 +64,31 @@ def require_clean(repo: Path) -> None:
 
 
 def timed_experiment(repo: Path, value: str, name: str) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = dvc(repo, "exp", "run", "-n", name, "-S", f"distill.temperature={value}")
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    dvc(repo, "exp", "remove", name)
+    row = dvc_timed(repo, "exp", "run", "-n", name, "-S", f"distill.temperature={value}")
+    subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", name], cwd=repo, capture_output=True,
+                   env=checkout_env(repo))
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)   # params.yaml, dvc.lock, metrics
-    dvc(repo, "checkout", "-q")
-    if proc.returncode != 0:
-        sys.exit(f"{repo}: dvc exp run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"repo": str(repo), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "stages": re.findall(r"Running stage '([^']+)'", proc.stdout)}
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "-q"], cwd=repo, check=True, env=checkout_env(repo))
+    return row
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repos", nargs="+", type=Path)
     p.add_argument("--value", default="0.05", help="the distill.temperature of the ablation")
+    p.add_argument("--full", action="store_true", help="time `dvc repro -f` instead of an ablation")
     a = p.parse_args()
-    for r in a.repos:
-        require_clean(r.resolve())
-    rows = [timed_experiment(r.resolve(), a.value, f"ablation-cost-{i}") for i, r in enumerate(a.repos)]
+    repos = [r.resolve() for r in a.repos]
+    if a.full:
+        rows = [dvc_timed(r, "repro", "-f") for r in repos]
+    else:
+        for r in repos:
+            require_clean(r)
+        rows = [timed_experiment(r, a.value, f"ablation-cost-{i}") for i, r in enumerate(repos)]
     for r in rows:
         r["wall_vs_first"] = round(r["wall_s"] / rows[0]["wall_s"], 3)
         r["cpu_vs_first"] = round(r["cpu_s"] / rows[0]["cpu_s"], 3)
-        print(json.dumps(r))
+        print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":

@@ -301,4 +301,4 @@ def test_cli_not_an_image(root, tmp_path, capsys):
     bad.write_text("not a png")
     with pytest.raises(SystemExit):
         cli.main(["image", str(bad), "--root", str(root), "--no-teacher"])
-    assert "not a readable image" in capsys.readouterr().err
+    assert f"{bad}: cannot decode image" in capsys.readouterr().err

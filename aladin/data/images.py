@@ -27,6 +27,12 @@ def open_image(file: str | Path) -> Iterator[Image.Image]:
         raise DataError(f"{file}: cannot decode image ({e})") from None
 
 
+def load_rgb(file: str | Path) -> Image.Image:
+    """The decoded RGB image of `file` (pixels loaded, the file closed), or a DataError naming it."""
+    with open_image(file) as im:
+        return im.convert("RGB")
+
+
 def check_image(file: str | Path) -> None:
     """Header and structure check without decoding the pixels (Image.verify): a few ms per file."""
     with open_image(file) as im:

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from ..data.images import load_rgb
 from ..errors import AladinError, DataError
 from ..io import read_json
 from ..retriever import Retriever
@@ -84,17 +83,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
-def _open_image(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise QueryError(f"{path}: not a readable image ({e})") from None
-    return img.convert("RGB")
-
-
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", type=Path, default=Path("."),
@@ -139,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.rerank and args.no_teacher:
             raise AladinError("--rerank needs the teacher: drop --no-teacher")
         # Check the query before the seconds spent loading models.
-        image = _open_image(Path(args.query)) if args.command == "image" else check_text(args.query)
+        image = load_rgb(Path(args.query)) if args.command == "image" else check_text(args.query)
         if args.rerank_k is not None and args.rerank_k < 1:
             raise AladinError(f"--rerank-k: must be >= 1, got {args.rerank_k}")
         engine = load_engine(args.root, args.index, teacher=not args.no_teacher, threads=args.threads,

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AladinError, ConfigError
-from ..index import KINDS, IndexDir, build_index
+from ..index import KINDS, IndexDir
 from ..retriever import Hit, Retriever
 
 
@@ -64,11 +64,10 @@ def with_index_kind(retriever: Retriever, kind: str) -> Retriever:
     if kind not in KINDS:
         raise ConfigError(f"--index: unknown index kind {kind!r}; known: {', '.join(KINDS)}")
     src = retriever.index
-    cfg, seed = replace(src.cfg, kind=kind), int(src.manifest.get("seed", 0))
     view = copy.copy(retriever)
-    view.index = IndexDir(images=build_index(src.image_emb, cfg, seed),
-                          captions=build_index(src.caption_emb, cfg, seed),
-                          image_emb=src.image_emb, caption_emb=src.caption_emb, cfg=cfg, manifest=src.manifest)
+    view.index = IndexDir(images=src.of_kind(kind, "images"), captions=src.of_kind(kind, "captions"),
+                          image_emb=src.image_emb, caption_emb=src.caption_emb,
+                          cfg=replace(src.cfg, kind=kind), manifest=src.manifest)
     return view
 
 
