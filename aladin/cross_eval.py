@@ -103,13 +103,6 @@ def pair_scorers(model: CrossEncoder, store: FeatureStore, device: torch.device 
     return t2i, i2t
 
 
-def _ranks_i2t_rows(scores: np.ndarray, caption_image: np.ndarray, query_images: np.ndarray) -> np.ndarray:
-    """metrics.ranks_i2t for a subset of image queries: row q of `scores` is image query_images[q]."""
-    positive = caption_image[None, :] == query_images[:, None]                   # (Q, N_cap)
-    best = np.where(positive, scores, -np.inf).max(axis=1)
-    return ((scores >= best[:, None]) & ~positive).sum(axis=1) + 1            # ties count against
-
-
 def subsample_queries(store: FeatureStore, n_images: int, text_queries: int, image_queries: int,
                       seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed random query subsample of fold 0 (the first `n_images` images and their captions).
@@ -152,7 +145,7 @@ def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.d
         s_t2i = cross_scores(model, store, gallery_img, cap_q, device, batch_size)        # (n_images, Q_t)
         s_i2t = cross_scores(model, store, img_q, gallery_cap, device, batch_size)        # (Q_i, n_cap)
         r_t2i = ranks_t2i(s_t2i, cap_img[cap_q])
-        r_i2t = _ranks_i2t_rows(s_i2t, cap_img[gallery_cap], img_q)
+        r_i2t = ranks_i2t(s_i2t, cap_img[gallery_cap], img_q)
         pairs = s_t2i.size + s_i2t.size
     out: dict[str, Any] = {**summarize(r_i2t, r_t2i), "interval_95": bootstrap_interval(r_i2t, r_t2i, seed=seed)}
     out.update({
@@ -175,7 +168,7 @@ def sampled_metrics(scores: np.ndarray, store: FeatureStore, n_images: int, capt
     cap_img = store.caption_image
     gallery_cap = np.flatnonzero(cap_img < n_images)
     r_t2i = ranks_t2i(scores[:n_images][:, caption_queries], cap_img[caption_queries])
-    r_i2t = _ranks_i2t_rows(scores[image_queries][:, gallery_cap], cap_img[gallery_cap], image_queries)
+    r_i2t = ranks_i2t(scores[image_queries][:, gallery_cap], cap_img[gallery_cap], image_queries)
     return {**summarize(r_i2t, r_t2i), "interval_95": bootstrap_interval(r_i2t, r_t2i, seed=seed)}
 
 

@@ -200,12 +200,14 @@ def two_stage_scores(student_scores: np.ndarray, teacher_scores: np.ndarray, top
 
 
 def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarray,
-                    fixed_rows: dict[str, dict[str, Any]], cross: nn.Module | None, p: EvaluateParams, seed: int,
-                    device: torch.device, data_dir: Path, k: int = 10) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    fixed_rows: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, cross: nn.Module | None,
+                    p: EvaluateParams, seed: int, device: torch.device, data_dir: Path,
+                    k: int = 10) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every row of metrics/eval.json: `fixed_rows` (the teacher's and the baseline student's,
     scored once by their own stages), the student through its index and exact, two-stage
-    re-ranking by the teacher at `p.rerank_k` and per depth of `p.rerank_depths`, the
-    cross-encoder rows when it was trained, and the rsum ratios ('summary').
+    re-ranking by the teacher at `p.rerank_k` and per depth of `p.rerank_depths`, the `oracle`
+    row (:func:`oracle_row`, computed once per dataset by its own stage; None without scene
+    records), the cross-encoder rows when it was trained, and the rsum ratios ('summary').
     Returns (rows, depth rows of the re-rank sweep)."""
     cap_img = store.caption_image
     rows: dict[str, Any] = {name: dict(row) for name, row in fixed_rows.items()}
@@ -220,8 +222,9 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
     scorers = matrix_scorers(teacher_scores)
     rows["two_stage"] = {**protocol(two_stage_rank_fn(retrieval, cap_img, p.rerank_k, *scorers), cap_img),
                          "rerank_k": p.rerank_k}
+    if oracle is not None:
+        rows["oracle"] = oracle
     if scenes is not None:
-        rows["oracle"] = oracle_row(store, scenes)
         top_img = retrieval.topk(slice(0, store.n_images), slice(0, store.n_captions), p.rerank_k)[0]
         two_stage = two_stage_scores(student_scores, np.asarray(teacher_scores), top_img)
         rows["two_stage"]["within_family"] = binding_metrics(two_stage, store, scenes)["within_family"]

@@ -29,7 +29,7 @@ from .errors import DataError
 from .features import TextBackbone, VisionBackbone, image_batch, text_batch
 from .index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
 from .metrics import full_key
-from .retriever import Retriever
+from .retriever import Retriever, ranked
 from .store import FeatureStore
 from .timing import per_query, throughput
 
@@ -207,9 +207,8 @@ def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[
 
     def rerank(q: str) -> np.ndarray:
         batch, emb = retr.encode_texts([q])                          # one backbone pass serves both
-        ids = search(retr.index.images, emb, rerank_k)[1][0]
-        ids = ids[ids >= 0]
-        return ids[np.argsort(-rescore(batch, ids), kind="stable")][:cfg.k]
+        scores, ids = search(retr.index.images, emb, rerank_k)
+        return ranked(scores[0], ids[0], cfg.k, lambda i: rescore(batch, i))[1]
     row = per_query(rerank, texts[:cfg.n_queries], cfg.warmup)
     rows.append({"method": "cross_rerank", "query": "text", "n_images": store.n_images, "synthetic": False,
                  "rerank_k": rerank_k, **row})

@@ -52,16 +52,29 @@ def _check(scores: torch.Tensor, caption_image: np.ndarray) -> torch.Tensor:
     return cap_img
 
 
-def ranks_i2t(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray) -> np.ndarray:
-    """1-based rank of the best-ranked correct caption for each image query. Shape (N_img,)."""
+def ranks_i2t(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray,
+              query_images: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of the best-ranked correct caption for each image query. Row q of `scores`
+    is image q, or image ``query_images[q]`` when given (a sample of image queries, each of which
+    must have a caption among the columns). Shape (N_rows,)."""
     s = torch.as_tensor(scores, dtype=torch.float32)
-    cap_img = _check(s, caption_image)
-    if s.shape[0] and torch.bincount(cap_img, minlength=s.shape[0]).min() == 0:
+    if query_images is None:
+        cap_img = _check(s, caption_image)
+        query = torch.arange(s.shape[0])
+        has_caption = torch.bincount(cap_img, minlength=s.shape[0]) > 0
+    else:
+        cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
+        query = torch.as_tensor(np.asarray(query_images), dtype=torch.long)
+        if s.ndim != 2 or s.shape != (len(query), len(cap_img)):
+            raise DataError(f"scores: expected ({len(query)}, {len(cap_img)}) for the query images and captions, "
+                            f"got {tuple(s.shape)}")
+        has_caption = torch.isin(query, cap_img)
+    if not has_caption.all():
         raise DataError("caption_image: some image has no caption, its i2t rank is undefined")
     out = []
     for start in range(0, s.shape[0], _CHUNK):
         rows = s[start:start + _CHUNK]                                                  # (C, N_cap)
-        positive = cap_img[None, :] == torch.arange(start, start + rows.shape[0])[:, None]
+        positive = cap_img[None, :] == query[start:start + rows.shape[0], None]
         best_pos = rows.masked_fill(~positive, float("-inf")).max(dim=1).values         # (C,)
         # Rank = 1 + number of *negatives* scoring >= the best positive (ties count against us).
         out.append(((rows >= best_pos[:, None]) & ~positive).sum(dim=1) + 1)

@@ -27,6 +27,18 @@ from .scoring import embed_store_items
 from .store import Batch, open_split
 
 
+def ranked(scores: np.ndarray, ids: np.ndarray, k: int,
+           rescore: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One query's index hits (`ids` -1 = empty slot, dropped), re-ordered by `rescore(ids)` when
+    given (a stable sort: equal scores keep the index's order); the top k (scores, ids)."""
+    s, i = scores[ids >= 0], ids[ids >= 0]
+    if rescore is not None:
+        s = rescore(i)
+        order = np.argsort(-s, kind="stable")
+        s, i = s[order], i[order]
+    return s[:k], i[:k]
+
+
 @dataclass
 class Hit:
     rank: int                    # 1-based
@@ -99,16 +111,6 @@ class Retriever:
         return self.teacher.score(img, img_mask, txt, txt_mask)[0].float().cpu().numpy()
 
     # -- search ------------------------------------------------------------------------------------
-    def _ranked(self, scores: np.ndarray, ids: np.ndarray, k: int,
-                rescore: Callable[[np.ndarray], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-        """One query's index hits (empty slots dropped), re-ordered by `rescore` when given; top k."""
-        s, i = scores[ids >= 0], ids[ids >= 0]
-        if rescore is not None:
-            s = rescore(i)
-            order = np.argsort(-s, kind="stable")
-            s, i = s[order], i[order]
-        return s[:k], i[:k]
-
     def search_texts(self, queries: Sequence[str], k: int = 10, rerank_k: int | None = None) -> list[list[Hit]]:
         """Ranked images for each caption query; `rerank_k`: the teacher re-orders the student's
         top `rerank_k` (None: the student's order)."""
@@ -117,7 +119,7 @@ class Retriever:
         out = []
         for row in range(len(queries)):
             rescore = (lambda i, row=row: self.teacher_scores_images(batch, row, i)) if rerank_k else None
-            s, i = self._ranked(scores[row], ids[row], k, rescore)
+            s, i = ranked(scores[row], ids[row], k, rescore)
             out.append([Hit(r + 1, int(j), self.store.image_ids[j], float(v), file=self.store.image_files[j])
                         for r, (j, v) in enumerate(zip(i, s))])
         return out
@@ -130,7 +132,7 @@ class Retriever:
         out = []
         for row in range(len(images)):
             rescore = (lambda i, row=row: self.teacher_scores_captions(batch, row, i)) if rerank_k else None
-            s, i = self._ranked(scores[row], ids[row], k, rescore)
+            s, i = ranked(scores[row], ids[row], k, rescore)
             out.append([Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(v),
                             text=self.store.captions[j]) for r, (j, v) in enumerate(zip(i, s))])
         return out

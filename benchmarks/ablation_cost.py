@@ -11,8 +11,8 @@ restored). `--full`: times `dvc repro -f` (every stage, nothing reused) and leav
 the workspace; commit or discard them before timing an ablation there.
 
 Prints, per checkout, the wall time, the CPU time of the child processes (user + system: what a
-slower machine of the same kind stretches), the wall time of each stage that ran, then each ratio
-to the first checkout.
+slower machine of the same kind stretches), the wall and CPU time of each stage that ran, then each
+ratio to the first checkout. `--out FILE` also writes the rows as JSON.
 """
 from __future__ import annotations
 
@@ -33,27 +33,37 @@ def checkout_env(repo: Path) -> dict:
     return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo)}
 
 
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and of its children it has waited for (a DVC stage
+    is such a child once DVC starts the next one); readable until `pid` is reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")     # utime stime cutime cstime
+
+
 def dvc_timed(repo: Path, *args: str) -> dict:
-    """Run dvc in `repo`, streaming its output to note when each stage starts."""
+    """Run dvc in `repo`; note the wall clock and CPU time at each "Running stage" line, so each stage
+    is charged what ran from its start to the next one (DVC's own hashing around it included)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=checkout_env(repo))
-    starts: list[tuple[str, float]] = []
+    marks: list[tuple[str, float, float]] = []          # (stage, wall, cpu) at its start
     tail: list[str] = []
     for line in proc.stdout:
         if line.startswith(STAGE_LINE):
-            starts.append((line[len(STAGE_LINE):].split("'")[0], time.perf_counter() - t0))
+            marks.append((line[len(STAGE_LINE):].split("'")[0], time.perf_counter() - t0, tree_cpu_s(proc.pid)))
         tail = (tail + [line])[-40:]
+    end_cpu = tree_cpu_s(proc.pid)                       # output closed: dvc has exited, not yet reaped
     proc.wait()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"{repo}: dvc {' '.join(args)} failed:\n{''.join(tail)}")
-    ends = [t for _, t in starts[1:]] + [wall]
+    ends = [(w, c) for _, w, c in marks[1:]] + [(wall, end_cpu)]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"repo": str(repo), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "stage_wall_s": {name: round(end - start, 1) for (name, start), end in zip(starts, ends)}}
+            "stage_wall_s": {name: round(w1 - w0, 1) for (name, w0, _), (w1, _) in zip(marks, ends)},
+            "stage_cpu_s": {name: round(c1 - c0, 1) for (name, _, c0), (_, c1) in zip(marks, ends)}}
 
 
 def require_clean(repo: Path) -> None:
@@ -77,6 +87,7 @@ def main() -> None:
     p.add_argument("repos", nargs="+", type=Path)
     p.add_argument("--value", default="0.05", help="the distill.temperature of the ablation")
     p.add_argument("--full", action="store_true", help="time `dvc repro -f` instead of an ablation")
+    p.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     a = p.parse_args()
     repos = [r.resolve() for r in a.repos]
     if a.full:
@@ -89,6 +100,8 @@ def main() -> None:
         r["wall_vs_first"] = round(r["wall_s"] / rows[0]["wall_s"], 3)
         r["cpu_vs_first"] = round(r["cpu_s"] / rows[0]["cpu_s"], 3)
         print(json.dumps(r), flush=True)
+    if a.out:
+        a.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

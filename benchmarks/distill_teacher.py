@@ -25,6 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from aladin.config import section
 from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss
 from aladin.models.factory import build_model, load_model
+from aladin.runtime import set_threads
 from aladin.store import FeatureStore, StoreWriter, open_split
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     distill = section("distill")
     optim = distill.get("optim", {})
     batch_size, epochs = optim.get("batch_size", 128), optim.get("epochs", 1)

@@ -13,11 +13,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aladin.batching import teacher_candidates
 from aladin.data.oracle import oracle_scores, scene_records
 from aladin.models.factory import load_model
+from aladin.runtime import set_threads
 from aladin.store import open_split
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=16)
     p.add_argument("--split", default="train")
     a = p.parse_args()
-    torch.set_num_threads(2)
+    set_threads(2)
     store = open_split(Path("features"), a.split)
     records = scene_records(Path("data/scenes.jsonl"), store.image_ids)
     if records is None:

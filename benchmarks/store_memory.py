@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aladin.store import StoreWriter, open_split
+from aladin.runtime import set_threads
 
 COCO_TRAIN = 113_287   # Karpathy train + restval
 
@@ -58,7 +58,7 @@ def build(path: Path, n_images: int, regions: int, d_img: int, cpi: int, tokens:
 
 def stream(features_dir: Path, batch_size: int, batches: int) -> dict[str, float]:
     """Run in a fresh process, so that the build's written pages do not count."""
-    torch.set_num_threads(1)
+    set_threads(1)
     base = proc_status()["RssAnon"]
     store = open_split(features_dir, "train")
     opened = proc_status()["RssAnon"]                          # + per-item metadata (ids, captions)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 
 from aladin.scoring import score_embeddings
+from aladin.runtime import set_threads
 
 
 def best_time(fn, repeats: int) -> float:
@@ -44,8 +45,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     img = F.normalize(torch.randn(a.images, a.regions, a.d, generator=g), dim=-1)
     img_mask = torch.ones(a.images, a.regions, dtype=torch.bool)

@@ -3,6 +3,7 @@
 Rows (each under '5k' = whole test set and '1k' = mean of 5 folds of 1,000 images):
 
 - teacher, student_triplet  from their own stages (metrics/eval_<name>.json: scored once per model);
+- oracle           the ceiling, from its own stage (metrics/eval_oracle.json: once per dataset);
 - student          the distilled student searched through the configured faiss index (index/),
                    with the index's recall of the exact flat top-10 when it is approximate;
 - student_exact    the same embeddings, exhaustive dot products (what the index approximates);
@@ -52,8 +53,10 @@ def main() -> None:
     if (len(idx.image_emb), len(idx.caption_emb)) != (store.n_images, store.n_captions):
         raise DataError(f"{INDEX}: built over another test set than {store.path}; rerun the index stage")
     fixed = {name: read_json(METRICS / f"eval_{name}.json")[name] for name in ("teacher", "student_triplet")}
+    oracle = read_json(METRICS / "eval_oracle.json").get("oracle")
     teacher_scores = np.load(TEACHER_SCORES, mmap_mode="r")
-    rows, depths = evaluate_system(idx, store, teacher_scores, fixed, load_cross(CROSS, device), p, seed, device, DATA)
+    rows, depths = evaluate_system(idx, store, teacher_scores, fixed, oracle, load_cross(CROSS, device), p, seed,
+                                   device, DATA)
     rows["protocol"] = {"n_images": store.n_images, "n_captions": store.n_captions,
                         **protocol_description(store.n_images),
                         "ranks_past_top_k": "max(k+1, exhaustive student rank)",

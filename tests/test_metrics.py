@@ -325,3 +325,19 @@ def test_random_tie_recall_is_the_mean_over_every_tie_order():
     summary = M.summarize(*naive_ranks(r, ci))
     got = M.t2i_recall_random_ties(r, ci)
     assert all(got[f"t2i_r{k}"] == pytest.approx(summary[f"t2i_r{k}"]) for k in M.KS)
+
+
+def test_ranks_i2t_of_sampled_image_queries_equal_their_rows_of_the_full_ranks():
+    rng = np.random.default_rng(3)
+    cap_img = np.repeat(np.arange(6), 2)
+    scores = rng.integers(0, 4, size=(6, 12)).astype(np.float32)       # small integers: many ties
+    queries = np.array([4, 1, 1, 5])
+    np.testing.assert_array_equal(M.ranks_i2t(scores[queries], cap_img, queries), M.ranks_i2t(scores, cap_img)[queries])
+    # Naive reference for one row: 1 + negatives scoring >= the best positive.
+    q = 4
+    best = scores[q, cap_img == q].max()
+    assert M.ranks_i2t(scores[[q]], cap_img, np.array([q]))[0] == 1 + ((scores[q] >= best) & (cap_img != q)).sum()
+    with pytest.raises(DataError, match="no caption"):
+        M.ranks_i2t(scores[:1, :4], cap_img[:4], np.array([5]))
+    with pytest.raises(DataError, match="expected"):
+        M.ranks_i2t(scores, cap_img, queries)

@@ -72,7 +72,7 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
 
     _run(dvc + ["repro"], repo, env)
     for f in ("data.json", "teacher.json", "student.json", "student_triplet.json", "cross.json", "eval_teacher.json",
-              "eval_student_triplet.json", "eval.json", "latency_encoders.json", "latency_teacher.json",
+              "eval_student_triplet.json", "eval_oracle.json", "eval.json", "latency_encoders.json", "latency_teacher.json",
               "latency_scaling.json", "latency.json"):
         assert (repo / "metrics" / f).is_file(), f
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
@@ -93,7 +93,7 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     out = _run(dvc + ["exp", "run", "-n", "t005", "-S", "distill.temperature=0.05"], repo, env)
     assert "Running stage 'distill'" in out
     for untouched in ("data", "features", "teacher", "student_triplet", "cross", "evaluate_teacher",
-                      "evaluate_triplet", "latency_encoders", "latency_teacher", "latency_scaling"):
+                      "evaluate_triplet", "evaluate_oracle", "latency_encoders", "latency_teacher", "latency_scaling"):
         assert f"Running stage '{untouched}'" not in out, untouched
     _run(dvc + ["exp", "run", "-n", "t100", "-S", "distill.temperature=1.0"], repo, env)
 

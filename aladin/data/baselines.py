@@ -12,9 +12,9 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from .images import load_rgb
 from .lexicon import COLOURS, RGB, word_for
 
 COLOUR_NAMES = list(RGB)
@@ -48,7 +48,7 @@ def _palette_lut() -> np.ndarray:
 
 def colour_histogram(path: str | os.PathLike) -> np.ndarray:
     """Fraction of an image's pixels near each palette colour, shape (n_colours,)."""
-    q = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3) >> 3                # (P, 3) in [0, 32)
+    q = np.asarray(load_rgb(path)).reshape(-1, 3) >> 3                # (P, 3) in [0, 32)
     idx = _palette_lut()[(q[:, 0].astype(np.int32) << 10) | (q[:, 1].astype(np.int32) << 5) | q[:, 2]]
     return np.bincount(idx, minlength=len(COLOUR_NAMES) + 1)[:-1] / len(idx)
 

@@ -22,7 +22,7 @@ from ..errors import AladinError, DataError
 from ..io import read_json
 from ..retriever import Retriever
 from ..runtime import resolve_device, set_threads, setup_logging
-from .engine import QueryError, SearchEngine, check_text, with_index_kind
+from .engine import SearchEngine, check_text, with_index_kind
 
 log = logging.getLogger("aladin")
 
