@@ -42,7 +42,7 @@ def _check(scores: torch.Tensor, caption_image: np.ndarray) -> torch.Tensor:
     if scores.ndim != 2:
         raise DataError(f"scores: expected an (N_img, N_cap) matrix, got shape {tuple(scores.shape)}")
     n_img, n_cap = scores.shape
-    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
+    cap_img = torch.tensor(np.asarray(caption_image), dtype=torch.long)       # a copy: the store's array is read-only
     if cap_img.shape != (n_cap,):
         raise DataError(f"caption_image: {tuple(cap_img.shape)} entries for {n_cap} captions")
     if n_cap and (cap_img.min() < 0 or cap_img.max() >= n_img):
@@ -63,8 +63,8 @@ def ranks_i2t(scores: np.ndarray | torch.Tensor, caption_image: np.ndarray,
         query = torch.arange(s.shape[0])
         has_caption = torch.bincount(cap_img, minlength=s.shape[0]) > 0
     else:
-        cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
-        query = torch.as_tensor(np.asarray(query_images), dtype=torch.long)
+        cap_img = torch.tensor(np.asarray(caption_image), dtype=torch.long)
+        query = torch.tensor(np.asarray(query_images), dtype=torch.long)
         if s.ndim != 2 or s.shape != (len(query), len(cap_img)):
             raise DataError(f"scores: expected ({len(query)}, {len(cap_img)}) for the query images and captions, "
                             f"got {tuple(s.shape)}")
