@@ -62,6 +62,8 @@ class IndexedRetrieval:
         self._indexes: dict[tuple[int, int, int, int], tuple[faiss.Index, faiss.Index]] = {}
         if full is not None:
             self._indexes[(0, len(image_emb), 0, len(caption_emb))] = full
+        # Exhaustive ranks per (sub)collection, the fallback past every list (:func:`_fallback`).
+        self.fallback: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def topk(self, i: slice, c: slice, k: int) -> tuple[np.ndarray, np.ndarray]:
         img, cap = self.image_emb[i], self.caption_emb[c]
@@ -74,18 +76,22 @@ class IndexedRetrieval:
         return (np.where(top_img >= 0, top_img + i.start, -1), np.where(top_cap >= 0, top_cap + c.start, -1))
 
 
-def _fallback(image_emb: np.ndarray, caption_emb: np.ndarray, caption_image: np.ndarray,
+def _fallback(retrieval: IndexedRetrieval, caption_image: np.ndarray,
               i: slice, c: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exhaustive student ranks in the sub-collection, and its local caption->image map."""
+    """Exhaustive student ranks in the sub-collection (i2t, t2i), and its local caption->image map;
+    computed once per sub-collection and shared by every depth and row that continues past its list."""
     cap = caption_image[c] - i.start
-    s = image_emb[i] @ caption_emb[c].T
-    return ranks_i2t(s, cap), ranks_t2i(s, cap), cap
+    key = (i.start, i.stop, c.start, c.stop, cap.tobytes())
+    if key not in retrieval.fallback:
+        s = retrieval.image_emb[i] @ retrieval.caption_emb[c].T
+        retrieval.fallback[key] = (ranks_i2t(s, cap), ranks_t2i(s, cap))
+    return (*retrieval.fallback[key], cap)
 
 
 def index_rank_fn(retrieval: IndexedRetrieval, caption_image: np.ndarray, k: int) -> RankFn:
     """Ranks of the student searched through its faiss index (top-k lists, exhaustive past k)."""
     def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
-        fb_i2t, fb_t2i, cap = _fallback(retrieval.image_emb, retrieval.caption_emb, caption_image, i, c)
+        fb_i2t, fb_t2i, cap = _fallback(retrieval, caption_image, i, c)
         top_img, top_cap = retrieval.topk(i, c, k)
         local_img = np.where(top_img >= 0, top_img - i.start, -1)
         local_cap = np.where(top_cap >= 0, top_cap - c.start, -1)
@@ -104,7 +110,7 @@ def two_stage_rank_fn(retrieval: IndexedRetrieval, caption_image: np.ndarray, k:
     pair scores; past k the student's exhaustive order continues.
     """
     def fn(i: slice, c: slice) -> tuple[np.ndarray, np.ndarray]:
-        fb_i2t, fb_t2i, cap = _fallback(retrieval.image_emb, retrieval.caption_emb, caption_image, i, c)
+        fb_i2t, fb_t2i, cap = _fallback(retrieval, caption_image, i, c)
         top_img, top_cap = retrieval.topk(i, c, k)
         q_cap, q_img = np.arange(c.start, c.stop), np.arange(i.start, i.stop)
         s_img, s_cap = score_t2i(q_cap, top_img), score_i2t(q_img, top_cap)

@@ -191,3 +191,23 @@ def test_two_stage_scores_order_each_caption_as_two_stage_t2i():
             expected = k + 1 + sum(student[i, j] >= student[own, j] for i in range(n_img)
                                    if i not in listed and i != own)
         assert ranks[j] == expected
+
+
+def test_fallback_ranks_computed_once_per_sub_collection_and_shared_by_every_depth(collection):
+    img, cap, cap_img = collection
+    retrieval = E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0)
+    folds = [(slice(0, 20), slice(0, 100)), (slice(20, 40), slice(100, 200))]
+    first = [E.index_rank_fn(retrieval, cap_img, k=3)(i, c) for i, c in folds]
+    assert len(retrieval.fallback) == 2
+    oracle = (cap_img[None, :] == np.arange(40)[:, None]).astype(np.float32)
+    for k in (2, 5):
+        E.two_stage_rank_fn(retrieval, cap_img, k, *E.matrix_scorers(oracle))(*folds[1])
+    assert len(retrieval.fallback) == 2                   # the depths reused the fold's exhaustive ranks
+    fresh = E.IndexedRetrieval(img, cap, X.IndexConfig(kind="flat"), seed=0)
+    for (i, c), got in zip(folds, first):
+        for a, b in zip(got, E.index_rank_fn(fresh, cap_img, k=3)(i, c)):
+            np.testing.assert_array_equal(a, b)
+    # The same slices under another caption->image map are another sub-collection.
+    reversed_in_fold = np.concatenate([cap_img[:100][::-1], cap_img[100:]])
+    E.index_rank_fn(retrieval, reversed_in_fold, k=3)(*folds[0])
+    assert len(retrieval.fallback) == 3
