@@ -79,23 +79,29 @@ def timed_experiment(repo: Path, value: str, name: str) -> dict:
                    env=checkout_env(repo))
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)   # params.yaml, dvc.lock, metrics
     subprocess.run([sys.executable, "-m", "dvc", "checkout", "-q"], cwd=repo, check=True, env=checkout_env(repo))
+    if "distill" not in row["stage_wall_s"]:
+        sys.exit(f"{repo}: distill did not run (DVC restored it from its run cache); pass a --value not run before")
     return row
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repos", nargs="+", type=Path)
-    p.add_argument("--value", default="0.05", help="the distill.temperature of the ablation")
+    p.add_argument("--value", help="the distill.temperature of the ablation (default: 0.05 plus under "
+                   "1e-4 from the clock, a value not run before, so that DVC's run cache cannot restore "
+                   "the stages instead of running them)")
     p.add_argument("--full", action="store_true", help="time `dvc repro -f` instead of an ablation")
     p.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     a = p.parse_args()
     repos = [r.resolve() for r in a.repos]
+    value = a.value or f"{0.05 + (time.time_ns() // 10**9 % 10**4) * 1e-8:.8f}"
     if a.full:
         rows = [dvc_timed(r, "repro", "-f") for r in repos]
     else:
         for r in repos:
             require_clean(r)
-        rows = [timed_experiment(r, a.value, f"ablation-cost-{i}") for i, r in enumerate(repos)]
+        rows = [{**timed_experiment(r, value, f"ablation-cost-{i}"), "temperature": value}
+                for i, r in enumerate(repos)]
     for r in rows:
         r["wall_vs_first"] = round(r["wall_s"] / rows[0]["wall_s"], 3)
         r["cpu_vs_first"] = round(r["cpu_s"] / rows[0]["cpu_s"], 3)
