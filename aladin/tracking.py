@@ -4,8 +4,8 @@ never at the cost of the trained model.
 The parent is the row to compare in ``mlflow ui``: it is named after the DVC experiment
 ($DVC_EXP_NAME), or ``repro@<commit>`` for a plain ``dvc repro``, and carries every param the
 executed stages read plus the headline test metrics (:meth:`Run.log_headline`); each stage's run
-is nested under it. Stages find their parent by a key: the experiment name, or the commit and a
-hash of params.yaml, so every stage of one execution (and only those) shares it.
+is nested under it. Stages find their parent by a key (:func:`pipeline_key`): the experiment name
+or the commit, with a hash of params.yaml, so every stage of one execution shares it.
 
 Store: ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlruns``, where root is $DVC_ROOT
 (set by ``dvc exp run``, also inside ``--temp``/``--queue`` copies) or else the current directory
@@ -64,13 +64,18 @@ def git_commit() -> str | None:
 
 
 def pipeline_key() -> tuple[str, str]:
-    """(key, display name) of the pipeline execution this stage belongs to."""
-    exp = os.environ.get("DVC_EXP_NAME")
-    if exp:
-        return f"exp:{exp}", exp
-    commit = (git_commit() or "nocommit")[:8]
+    """(key, display name) of the pipeline execution this stage belongs to.
+
+    The key holds the params.yaml digest and the commit the run starts from (an experiment's
+    baseline), so an experiment name used again after `dvc exp remove`, with other params or on
+    another commit, gets a parent of its own instead of clashing with the old one's params."""
     path = Path(PARAMS_FILE)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8] if path.is_file() else "noparams"
+    exp = os.environ.get("DVC_EXP_NAME")
+    if exp:
+        baseline = (os.environ.get("DVC_EXP_BASELINE_REV") or "nobaseline")[:8]
+        return f"exp:{exp}:{baseline}:{digest}", exp
+    commit = (git_commit() or "nocommit")[:8]
     return f"repro:{commit}:{digest}", f"repro@{commit}"
 
 

@@ -205,3 +205,19 @@ def test_resumed_run_relogs_history_and_names_the_run_it_resumed(stores, tmp_pat
     _, result = train(stores, tmp_path, epochs=2, run=second)
     assert second.tags == {"resumed_from_run": "run-1", "resumed_after_epoch": 0}
     assert [s for s, _ in second.metrics] == [0, 1] and second.metrics[0] == first.metrics[0]
+
+
+def test_pipeline_key_separates_reused_experiment_names(tmp_path, monkeypatch):
+    from aladin.tracking import pipeline_key
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "t005")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    (tmp_path / "params.yaml").write_text("distill: {temperature: 0.05}\n")
+    first = pipeline_key()
+    assert first[1] == "t005" and pipeline_key() == first          # every stage of one execution
+    (tmp_path / "params.yaml").write_text("distill: {temperature: 0.07}\n")
+    assert pipeline_key()[0] != first[0] and pipeline_key()[1] == "t005"
+    (tmp_path / "params.yaml").write_text("distill: {temperature: 0.05}\n")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "b" * 40)
+    assert pipeline_key()[0] != first[0]
