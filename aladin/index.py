@@ -132,6 +132,11 @@ class IndexDir:
         emb = {"images": self.image_emb, "captions": self.caption_emb}[side]
         return build_index(emb, dataclasses.replace(self.cfg, kind=kind), self.seed)
 
+    def with_kind(self, kind: str) -> "IndexDir":
+        """This collection with both sides indexed as `kind` (see :meth:`of_kind`)."""
+        return dataclasses.replace(self, images=self.of_kind(kind, "images"), captions=self.of_kind(kind, "captions"),
+                                   cfg=dataclasses.replace(self.cfg, kind=kind))
+
 
 def save_index_dir(path: str | os.PathLike, image_emb: np.ndarray, caption_emb: np.ndarray,
                    cfg: IndexConfig, seed: int, provenance: dict[str, Any]) -> None:

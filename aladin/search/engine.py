@@ -14,7 +14,7 @@ import io
 import threading
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AladinError, ConfigError
-from ..index import KINDS, IndexDir
+from ..index import KINDS
 from ..retriever import Hit, Retriever
 
 
@@ -63,11 +63,8 @@ def with_index_kind(retriever: Retriever, kind: str) -> Retriever:
     """
     if kind not in KINDS:
         raise ConfigError(f"--index: unknown index kind {kind!r}; known: {', '.join(KINDS)}")
-    src = retriever.index
     view = copy.copy(retriever)
-    view.index = IndexDir(images=src.of_kind(kind, "images"), captions=src.of_kind(kind, "captions"),
-                          image_emb=src.image_emb, caption_emb=src.caption_emb,
-                          cfg=replace(src.cfg, kind=kind), manifest=src.manifest)
+    view.index = retriever.index.with_kind(kind)
     return view
 
 
