@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import PARAMS_FILE, from_dict, load_params, require, section
-from .data.manifest import SPLITS
 from .errors import ConfigError
 
+SPLITS = ("train", "val", "test")    # every dataset's splits, in this order
 
 
 # -- components: each nests in a section and keeps defaults equal to params.yaml (tested) ---------
@@ -311,7 +311,7 @@ class TeacherParams(Training):
 
 @dataclass(frozen=True)
 class BatchesConfig:
-    """`distill.batches`: teacher-neighbour batch composition (aladin.batching)."""
+    """`distill.batches`: teacher-neighbour batch composition (aladin.training.batching)."""
 
     group: int = 1               # pairs per group: an anchor + pairs of its teacher neighbours; 1 = uniform
     pool: int = 8                # the anchor caption's top-`pool` teacher images the group draws from

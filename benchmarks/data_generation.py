@@ -11,8 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from aladin.config import from_dict
-from aladin.data.generate import DataConfig, dataset_metrics, generate
+import dataclasses
+
+from aladin import params
+from aladin.data.generate import generate
+from aladin.evaluation.dataset import dataset_metrics
 
 
 def main() -> None:
@@ -21,11 +24,11 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=5000)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = from_dict(DataConfig, {"n_train": args.n_train, "workers": args.workers}, "data")
+    cfg = dataclasses.replace(params.load("data"), source="scenes", n_train=args.n_train, workers=args.workers)
     n = cfg.n_train + cfg.n_val + cfg.n_test
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        images, records = generate(Path(tmp), cfg, seed=0)
+        images, records = generate(Path(tmp), cfg)
         t1 = time.perf_counter()
         dataset_metrics(images, records, cfg.captions_per_image)
         t2 = time.perf_counter()

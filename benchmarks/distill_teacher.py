@@ -23,7 +23,7 @@ import torch
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from aladin.config import section
-from aladin.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss
+from aladin.training.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import set_threads
 from aladin.store import FeatureStore, StoreWriter, open_split

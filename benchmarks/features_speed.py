@@ -23,7 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 
 
-from aladin.features import FeaturesConfig, load_text_backbone, load_vision_backbone
+from aladin import params
+from aladin.features import load_text_backbone, load_vision_backbone
 from aladin.features.extract import caption_windows, extract_captions, extract_images
 from aladin.features.vision import load_pixels
 from aladin.runtime import resolve_device, set_threads
@@ -85,7 +86,7 @@ def main() -> None:
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     vision = load_vision_backbone("efficientnet-lite0", args.image_size, device,
-                                  FeaturesConfig().efficientnet_blocks)   # the default regions
+                                  params.load("features").efficientnet_blocks)   # params.yaml's regions
     text = load_text_backbone("all-MiniLM-L6-v2", args.max_tokens, device)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
     python benchmarks/hard_negatives.py [--pool 16]     # after `dvc repro teacher`
 
-For every train caption, the teacher's top-`pool` wrong images (aladin.batching.teacher_candidates,
+For every train caption, the teacher's top-`pool` wrong images (aladin.training.batching.teacher_candidates,
 what the cross-encoder trains against) are checked with the caption parser against their scene
 records (the oracle): the fraction that the caption is in fact true of is the false-negative
 rate of the hard negatives. The same fraction for uniformly drawn wrong images is printed beside it.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aladin.batching import teacher_candidates
+from aladin.training.batching import teacher_candidates
 from aladin.data.oracle import oracle_scores, scene_records
 from aladin.models.factory import load_model
 from aladin.runtime import set_threads

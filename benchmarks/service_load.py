@@ -138,7 +138,7 @@ def run_level(port: int, queries_file: Path, level: int, args: argparse.Namespac
 
 def in_process(args: argparse.Namespace, queries: list[str]) -> dict:
     """The same engine as the server, called directly: what HTTP adds is the difference."""
-    from aladin.timing import per_query
+    from aladin.latency.timing import per_query
     from aladin.search.cli import load_engine
 
     engine = load_engine(args.root, [args.index] if args.index else None, teacher=args.rerank, threads=args.threads)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 
-from aladin.scoring import score_embeddings
+from aladin.models.scoring import score_embeddings
 from aladin.runtime import set_threads
 
 

@@ -11,7 +11,7 @@ seed the workspace is returned to its committed params and outputs (``git checko
 params.yaml, dvc.lock and the metrics / plots / inputs folders, then ``dvc checkout``), so the
 script refuses to start with uncommitted changes to those.
 
-metrics/seeds.json: the seeds, and per headline figure (aladin.evaluation.headline_metrics: 5K /
+metrics/seeds.json: the seeds, and per headline figure (aladin.evaluation.protocols.headline_metrics: 5K /
 1K rsum of every row, the rsum ratios, within-family R@1, text->image recall vs the oracle) its
 mean, sample standard deviation (ddof 1), min, max and the value of each seed.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aladin.evaluation import headline_metrics
+from aladin.evaluation.protocols import headline_metrics
 from aladin.io import write_json
 
 OUT, EVAL = Path("metrics/seeds.json"), Path("metrics/eval.json")

@@ -2,10 +2,10 @@
 
 The kind of model ALADIN is compared with: one joint transformer per image-text pair (fusion
 layers over the frozen teacher's token encoders by default), trained listwise in both directions
-against the teacher's hard negatives and random ones (aladin.cross_training). Model
+against the teacher's hard negatives and random ones (aladin.training.cross). Model
 selection scores all pairs of the first `select_images` val images each epoch; the reported
 metrics score fold 0 of val (1,000 images) exhaustively for a fixed query subsample, since every
-pair costs a transformer pass (see aladin.cross_eval). With `enabled: false` the stage writes its
+pair costs a transformer pass (see aladin.evaluation.cross). With `enabled: false` the stage writes its
 outputs marked as skipped.
 """
 from __future__ import annotations
@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from aladin import distributed, params
-from aladin.cross_eval import exhaustive_metrics
-from aladin.batching import teacher_candidates
-from aladin.cross_training import list_logits
-from aladin.losses import list_softmax_loss
+from aladin.evaluation.cross import exhaustive_metrics
+from aladin.training.batching import teacher_candidates
+from aladin.training.cross import list_logits
+from aladin.training.losses import list_softmax_loss
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_matching_splits
-from aladin.training import train_stage, write_skipped
+from aladin.training.loop import train_stage, write_skipped
 
 log = logging.getLogger("aladin")
 FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")

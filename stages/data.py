@@ -7,9 +7,11 @@ metrics/data.json (dataset statistics; bag-of-words and colour-histogram retriev
 import logging
 
 from aladin import params
-from aladin.data.generate import dataset_metrics, generate, write_scenes
+from aladin.data.generate import generate, write_scenes
 from aladin.data.manifest import write_dataset
 from aladin.datasets import dataset_stats, prepare
+from aladin.evaluation.dataset import dataset_metrics
+from aladin.evaluation.metrics import check_protocols
 from aladin.io import atomic_path, write_json
 from aladin.runtime import run_stage
 
@@ -26,6 +28,7 @@ def main() -> None:
         write_json("metrics/data.json", stats)
         log.info("data: %s, %s images", name, stats["images"])
         return
+    check_protocols(cfg.n_test)    # a size without the COCO protocols is told before rendering
     with atomic_path("data", is_dir=True) as out:
         images, records = generate(out, cfg)
         write_dataset(out / "dataset.json", "scenes", cfg.source, cfg.captions_per_image, images)

@@ -13,12 +13,12 @@ import logging
 from pathlib import Path
 
 from aladin import distributed, params
-from aladin.batching import teacher_neighbour_batches
-from aladin.distillation import StudentLoss, student_metrics, teacher_scorer
+from aladin.training.batching import teacher_neighbour_batches
+from aladin.training.distillation import StudentLoss, student_metrics, teacher_scorer
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_matching_splits
-from aladin.training import train_stage
+from aladin.training.loop import train_stage
 
 log = logging.getLogger("aladin")
 FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")

@@ -23,16 +23,15 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from aladin import params
-from aladin.cross_eval import load_cross
+from aladin.evaluation.cross import load_cross
 from aladin.errors import DataError
-from aladin.evaluation import evaluate_system, headline_metrics
-from aladin.index import load_index_dir
-from aladin.io import atomic_path, read_json, write_json
-from aladin.metrics import protocol_description
+from aladin.evaluation.protocols import evaluate_system, headline_metrics
+from aladin.retrieval.index import load_index_dir
+from aladin.io import atomic_path, load_array, read_json, write_json
+from aladin.evaluation.metrics import protocol_description
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split
 from aladin.tracking import mlflow_run
@@ -54,7 +53,7 @@ def main() -> None:
         raise DataError(f"{INDEX}: built over another test set than {store.path}; rerun the index stage")
     fixed = {name: read_json(METRICS / f"eval_{name}.json")[name] for name in ("teacher", "student_triplet")}
     oracle = read_json(METRICS / "eval_oracle.json").get("oracle")
-    teacher_scores = np.load(TEACHER_SCORES, mmap_mode="r")
+    teacher_scores = load_array(TEACHER_SCORES)
     rows, depths = evaluate_system(idx, store, teacher_scores, fixed, oracle, load_cross(CROSS, device), p, seed,
                                    device, DATA)
     rows["protocol"] = {"n_images": store.n_images, "n_captions": store.n_captions,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from aladin import params
-from aladin.evaluation import exhaustive_row, model_test_scores, test_scenes
+from aladin.evaluation.protocols import exhaustive_row, model_test_scores, test_scenes
 from aladin.io import atomic_path, write_json
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split

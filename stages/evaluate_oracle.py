@@ -1,5 +1,5 @@
 """Stage `evaluate_oracle`: the ceiling row, the caption parser's verdict on every test pair used as
-scores (aladin.evaluation.oracle_row) -> metrics/eval_oracle.json. It depends on the test data
+scores (aladin.evaluation.protocols.oracle_row) -> metrics/eval_oracle.json. It depends on the test data
 alone, so it runs once per dataset; on a dataset without scene records (MS-COCO) the file is `{}`.
 """
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from aladin.evaluation import oracle_row, test_scenes
+from aladin.evaluation.protocols import oracle_row, test_scenes
 from aladin.io import write_json
 from aladin.runtime import run_stage
 from aladin.store import open_split

@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 
 from aladin import params
-from aladin.cross_eval import load_cross
+from aladin.evaluation.cross import load_cross
 from aladin.errors import DataError
 from aladin.io import atomic_path, read_json, write_json
-from aladin.latency import (cross_encoder_rows, efficiency_points, latency_queries, latency_report, plot_efficiency,
+from aladin.latency.recipes import (cross_encoder_rows, efficiency_points, latency_queries, latency_report, plot_efficiency,
                             plot_report, search_latency, test_image_files)
-from aladin.retriever import Retriever
+from aladin.retrieval.retriever import Retriever
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.tracking import mlflow_run
 

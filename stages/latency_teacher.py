@@ -6,8 +6,8 @@ from pathlib import Path
 
 from aladin import params
 from aladin.io import write_json
-from aladin.latency import latency_queries, teacher_latency, test_image_files
-from aladin.retriever import Retriever
+from aladin.latency.recipes import latency_queries, teacher_latency, test_image_files
+from aladin.retrieval.retriever import Retriever
 from aladin.runtime import resolve_device, run_stage, set_threads
 
 OUT = Path("metrics/latency_teacher.json")

@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aladin import distributed, params
-from aladin.losses import TripletSchedule
-from aladin.metrics import retrieval_metrics
+from aladin.training.losses import TripletSchedule
+from aladin.evaluation.metrics import retrieval_metrics
 from aladin.models.factory import build_model
 from aladin.runtime import run_stage, seed_everything, set_threads
-from aladin.scoring import score_store
+from aladin.retrieval.store_scores import score_store
 from aladin.store import open_matching_splits
-from aladin.training import train_stage
+from aladin.training.loop import train_stage
 
 FEATURES = Path("features")
 

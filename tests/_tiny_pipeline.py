@@ -21,16 +21,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from aladin.data.manifest import ImageRecord, write_dataset
-from aladin.distillation import LossConfig, StudentLoss, student_metrics
-from aladin.encode import encode_images, encode_texts
+from aladin.training.distillation import LossConfig, StudentLoss, student_metrics
+from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.features import extract_features
-from aladin.index import IndexConfig, save_index_dir, sha256_file
+from aladin.retrieval.index import IndexConfig, save_index_dir, sha256_file
 from aladin.io import write_json
 from aladin.models.alignment import AlignmentConfig
 from aladin.models.factory import build_model, save_checkpoint
 from aladin.models.matching import MatchingHead
 from aladin.store import open_split
-from aladin.training import OptimConfig, fit
+from aladin.training.loop import OptimConfig, fit
 from tests._params import section
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),

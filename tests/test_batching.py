@@ -2,10 +2,10 @@
 import numpy as np
 import torch
 
-from aladin.batching import neighbour_order, teacher_candidates
+from aladin.training.batching import neighbour_order, teacher_candidates
 from aladin.models.factory import build_model
 from aladin.params import AlignmentConfig
-from aladin.scoring import score_store
+from aladin.retrieval.store_scores import score_store
 from aladin.store import open_split
 from tests._stores import random_store
 

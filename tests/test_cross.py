@@ -5,19 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from aladin.batching import Candidates
-from aladin.cross_eval import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, sampled_metrics,
+from aladin.training.batching import Candidates
+from aladin.evaluation.cross import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, sampled_metrics,
                                subsample_queries, text_search_fn)
-from aladin.cross_training import draw_negatives, list_logits
+from aladin.training.cross import draw_negatives, list_logits
 from aladin.errors import ConfigError
 from aladin.io import read_json
-from aladin.losses import list_softmax_loss
-from aladin.metrics import bootstrap_interval, ranks_t2i, retrieval_metrics
+from aladin.training.losses import list_softmax_loss
+from aladin.evaluation.metrics import bootstrap_interval, ranks_t2i, retrieval_metrics
 from aladin.models.cross_encoder import CrossEncoder
 from aladin.models.factory import build_model, load_model, save_checkpoint
 from aladin.params import AlignmentConfig
 from aladin.store import Batch, StoreWriter, open_split
-from aladin.training import OptimConfig, fit
+from aladin.training.loop import OptimConfig, fit
 
 D_IMG, D_TXT = 12, 10
 

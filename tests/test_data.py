@@ -12,7 +12,8 @@ from PIL import Image
 from aladin.data import load_dataset, write_dataset
 from aladin.data.baselines import scene_words
 from aladin.data.captions import captions_for
-from aladin.data.generate import chance_metrics, dataset_metrics, generate
+from aladin.data.generate import generate
+from aladin.evaluation.dataset import chance_metrics, dataset_metrics
 from aladin.data.parser import Count, Exists, Location, ParseError, Relation, is_true, parse
 from aladin.data.render import render
 from aladin.data.scenes import Background, Scene, SceneObject, sample_split, scene_from_record
@@ -233,7 +234,7 @@ def test_baselines_beat_chance_but_cannot_bind_attributes(small):
 
 
 def test_chance_matches_a_random_scorer():
-    from aladin.metrics import retrieval_metrics
+    from aladin.evaluation.metrics import retrieval_metrics
     rng = np.random.default_rng(0)
     sims = [retrieval_metrics(rng.random((100, 500)), np.repeat(np.arange(100), 5)) for _ in range(20)]
     expected = chance_metrics(100, 5)

@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from aladin import distributed
-from aladin.distillation import CachedTeacher, LossConfig, StudentLoss
+from aladin.training.distillation import CachedTeacher, LossConfig, StudentLoss
 from aladin.errors import ConfigError
-from aladin.batching import Candidates
-from aladin.cross_training import list_logits
-from aladin.losses import list_softmax_loss, positive_mask, triplet_loss
+from aladin.training.batching import Candidates
+from aladin.training.cross import list_logits
+from aladin.training.losses import list_softmax_loss, positive_mask, triplet_loss
 from aladin.models.factory import build_model
 from aladin.store import FeatureStore
-from aladin.training import OptimConfig, epoch_batches, epoch_seed, fit
+from aladin.training.loop import OptimConfig, epoch_batches, epoch_seed, fit
 
 from _stores import random_store
 from tests._params import run_stage, write_params

@@ -326,3 +326,30 @@ def test_stage_end_to_end(tmp_path, hyper):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "img1.png" in proc.stderr
     assert open_split(tmp_path / "features", "test").manifest == m
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("size, message", [(0, r"not a NumPy \.npy array \(empty file\)"),
+                                           (60, "truncated or corrupt"), (-1, r"no \.npy header")],
+                         ids=["empty", "60-byte", "foreign"])
+def test_every_unreadable_array_names_the_file(tmp_path, size, message):
+    """Never numpy's EOFError or its "pickled (object) data" guess: the file and what is wrong."""
+    from tests._stores import random_store
+
+    random_store(tmp_path / "s")
+    bad = tmp_path / "s" / "tokens.npy"
+    bad.write_bytes(bad.read_bytes()[:size] if size >= 0 else b"not an array at all")
+    with pytest.raises(DataError, match=f"^{bad}: .*{message}"):
+        FeatureStore(tmp_path / "s")
+
+
+def test_an_empty_array_is_a_one_line_stage_error(tmp_path):
+    from tests._stores import random_store
+
+    for split in ("train", "val"):
+        random_store(tmp_path / "features" / split)
+    (tmp_path / "features" / "train" / "tokens.npy").write_bytes(b"")
+    write_params(tmp_path, {"tracking": {"enabled": False}, "teacher": {"device": "cpu", "threads": 1}})
+    proc = run_stage("teacher", tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: features/train/tokens.npy: not a NumPy")
+    assert "Traceback" not in proc.stderr

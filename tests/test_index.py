@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from aladin import index as X
+from aladin.retrieval import index as X
 from aladin.errors import ConfigError, DataError
 
 SMALL = dict(hnsw_m=8, ef_construction=40, ef_search=64, nlist=8, nprobe=8, pq_m=8, pq_nbits=6)
@@ -93,8 +93,8 @@ def test_recall_vs_exact_counts_overlap():
 
 
 # -- evaluation rows through an index -------------------------------------------------------------
-from aladin import evaluation as E  # noqa: E402
-from aladin import metrics as M  # noqa: E402
+from aladin.evaluation import protocols as E  # noqa: E402
+from aladin.evaluation import metrics as M  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from aladin import latency as L
-from aladin import timing as T
+from aladin.latency import recipes as L
+from aladin.latency import timing as T
 from tests._params import section
 
 
@@ -35,7 +35,6 @@ def test_perturbed_collection():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    pytest.importorskip("aladin.scoring")
     from tests._tiny_pipeline import build_tiny_pipeline
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny"), epochs=2)
 
@@ -52,7 +51,7 @@ def test_retriever_and_latency_recipes_structure(tiny):
     from PIL import Image
 
     from aladin.features import store_backbones
-    from aladin.retriever import Retriever
+    from aladin.retrieval.retriever import Retriever
 
     root = tiny
     retr = Retriever(root / "features", "test", root / "models/student.pt", root / "index",

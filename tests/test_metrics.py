@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from aladin import metrics as M
+from aladin.evaluation import metrics as M
 from aladin.errors import DataError
 
 

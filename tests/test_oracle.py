@@ -3,7 +3,7 @@ import random
 
 import numpy as np
 
-from aladin import metrics as M
+from aladin.evaluation import metrics as M
 from aladin.data.captions import captions_for
 from aladin.data.oracle import oracle_scores
 from aladin.data.parser import is_true

@@ -10,7 +10,7 @@ import yaml
 
 from aladin import params as P
 from aladin.errors import ConfigError
-from tests._imports import ROOT, import_closure
+from scripts.dvc_deps import ROOT, expected_deps
 from tests._params import DEFAULTS, write_params
 
 COCO = yaml.safe_load((ROOT / "configs" / "coco.yaml").read_text())
@@ -74,17 +74,7 @@ def test_triplet_baseline_params_are_the_declared_keys():
     assert declared == [f"distill.{k}" for k in P.TRIPLET_BASELINE_KEYS]
 
 
-def _module(cmd: str) -> str:
-    words = cmd.split()
-    assert words[:2] == ["python", "-m"], cmd              # stages run as modules, no sys.path edits
-    return words[2]
-
-
 @pytest.mark.parametrize("stage", sorted(DVC))
-def test_stage_deps_cover_its_imports(stage):
-    deps = [ROOT / d for d in DVC[stage]["deps"]]
-    closure = import_closure(_module(DVC[stage]["cmd"]))
-    uncovered = sorted(str(p.relative_to(ROOT)) for p in closure
-                       if p.name != "__init__.py" or p.parent.name not in ("aladin", "stages")
-                       if not any(p == d or d in p.parents for d in deps))
-    assert uncovered == [], f"{stage}: dvc.yaml deps miss {uncovered}"
+def test_stage_deps_are_its_import_closure(stage):
+    assert DVC[stage]["deps"] == expected_deps(DVC[stage]), \
+        f"{stage}: dvc.yaml deps differ from its import closure; run python scripts/dvc_deps.py"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from aladin.encode import encode_images, encode_texts
-from aladin.losses import distillation_loss
+from aladin.retrieval.encode import encode_images, encode_texts
+from aladin.training.losses import distillation_loss
 from aladin.models.factory import build_model
 from aladin.models.matching import MatchingHead
 from aladin.store import Batch, StoreWriter, open_split
@@ -220,9 +220,9 @@ def test_encode_batched_equals_unbatched_and_restores_mode(tmp_path):
 
 # --- distillation training ----------------------------------------------------------------------
 
-from aladin.distillation import (CachedTeacher, LossConfig, OnlineTeacher, StudentLoss,  # noqa: E402
+from aladin.training.distillation import (CachedTeacher, LossConfig, OnlineTeacher, StudentLoss,  # noqa: E402
                                  student_metrics)
-from aladin.training import OptimConfig, fit  # noqa: E402
+from aladin.training.loop import OptimConfig, fit  # noqa: E402
 
 
 def oracle_teacher(store, seed: int = 0):
@@ -297,7 +297,7 @@ def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatc
 
 
 def test_triplet_warmup_sums_all_negatives_then_takes_the_hardest():
-    from aladin.losses import positive_mask, triplet_loss
+    from aladin.training.losses import positive_mask, triplet_loss
 
     torch.manual_seed(0)
     model, batch = small_student(dropout=0.0), random_batch()

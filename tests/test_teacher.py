@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from aladin.errors import DataError
-from aladin.losses import positive_mask, triplet_loss
+from aladin.training.losses import positive_mask, triplet_loss
 from aladin.models.factory import build_model, load_model, save_checkpoint
-from aladin.scoring import POOLINGS, alignment_scores, score_embeddings, score_store, word_mask
+from aladin.models.scoring import POOLINGS, alignment_scores, score_embeddings, word_mask
+from aladin.retrieval.store_scores import score_store
 from aladin.store import Batch
 
 from _stores import random_store

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from aladin.losses import positive_mask, triplet_loss
-from aladin.metrics import retrieval_metrics
+from aladin.training.losses import positive_mask, triplet_loss
+from aladin.evaluation.metrics import retrieval_metrics
 from aladin.models.factory import build_model
-from aladin.scoring import score_store
+from aladin.retrieval.store_scores import score_store
 from aladin.store import FeatureStore, StoreWriter
 from aladin.params import TrackingParams
 from aladin.tracking import mlflow_run
-from aladin.training import OptimConfig, fit
+from aladin.training.loop import OptimConfig, fit
 
 torch.set_num_threads(1)
 D_IMG, D_TXT, R, L, CPI = 16, 12, 4, 4, 2
@@ -100,7 +100,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(stores, tmp_path):
 
 
 def test_resume_matches_uninterrupted_with_teacher_neighbour_batches(stores, tmp_path):
-    from aladin.batching import neighbour_order
+    from aladin.training.batching import neighbour_order
 
     train_store = stores[0]
     neighbours = (np.asarray(train_store.caption_image)[:, None] + np.arange(1, 4)[None]) % train_store.n_images
@@ -170,7 +170,7 @@ def test_finished_checkpoints_are_removed_and_live_ones_kept(tmp_path):
     behind: it goes once models/<name>.pt is newer; a checkpoint still to resume stays."""
     import os
 
-    from aladin.training import remove_finished_checkpoints
+    from aladin.training.loop import remove_finished_checkpoints
 
     ckpt, models = tmp_path / "checkpoints", tmp_path / "models"
     for name in ("teacher", "student"):

@@ -2,7 +2,7 @@
 
 They show the data is "hard in the right way": attribute words and global colour are shared
 within a scene family, so matching on them ranks the family together but cannot pick the
-right member. Both return an (N_img, N_cap) score matrix for aladin.metrics.
+right member. Both return an (N_img, N_cap) score matrix for aladin.evaluation.metrics.
 """
 from __future__ import annotations
 

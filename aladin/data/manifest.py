@@ -18,8 +18,7 @@ from typing import Any, Sequence
 
 from ..errors import DataError
 from ..io import read_json, write_json
-
-SPLITS = ("train", "val", "test")
+from ..params import SPLITS
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``oracle_scores[i, j]`` is 1 where caption j is true of image i's scene, else 0. A caption is
 often true of several scenes (it mentions a subset of a scene), so even this perfect reader
 ties the correct image with others; under the project's pessimistic tie rule
-(:mod:`aladin.metrics`) every other true image counts ahead of the correct one (t2i), and every
+(:mod:`aladin.evaluation.metrics`) every other true image counts ahead of the correct one (t2i), and every
 caption of another image that is true of the query image counts ahead of its own (i2t: generic
 captions such as "there are three shapes" are true of hundreds of scenes, so the oracle's i2t
 recalls are near zero). These are the figures of a judge that knows only truth; a model can

@@ -13,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..params import AlignmentConfig
-from ..scoring import SCORE_CHUNK_MB, alignment_scores, score_embeddings
+from .scoring import SCORE_CHUNK_MB, alignment_scores, score_embeddings
 from ..store import Batch
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..data.images import load_rgb
 from ..errors import AladinError, DataError
 from ..io import read_json
-from ..retriever import Retriever
+from ..retrieval.retriever import Retriever
 from ..runtime import resolve_device, set_threads, setup_logging
 from .engine import SearchEngine, check_text, with_index_kind
 

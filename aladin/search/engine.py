@@ -1,6 +1,6 @@
 """The search engine behind the CLI and the HTTP service.
 
-Wraps one loaded :class:`aladin.retriever.Retriever` (backbones, student, teacher: loaded once)
+Wraps one loaded :class:`aladin.retrieval.retriever.Retriever` (backbones, student, teacher: loaded once)
 and exposes its collection through one or more faiss index kinds. The index stored in
 ``index/`` is served under its own kind; other kinds are built at start from the embeddings
 stored beside it (seconds for 5K items), sharing everything else. The engine validates
@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AladinError, ConfigError
-from ..index import KINDS
-from ..retriever import Hit, Retriever
+from ..retrieval.index import KINDS
+from ..retrieval.retriever import Hit, Retriever
 
 
 class QueryError(AladinError):

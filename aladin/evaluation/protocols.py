@@ -1,11 +1,11 @@
 """Evaluation rows: exhaustive scores, retrieval through a faiss index, two-stage re-ranking.
 
-Every row is reported under the COCO protocols of :func:`aladin.metrics.protocol_from_ranks`:
+Every row is reported under the COCO protocols of :func:`aladin.evaluation.metrics.protocol_from_ranks`:
 the whole test set ('5k' at 5,000 images) and, when its size allows, '1k' (mean over folds; a
 fold is its own 1,000-image collection, so index rows build the index over the fold's items with
-the same params). :func:`aladin.metrics.protocol_description` says which keys a size gets.
+the same params). :func:`aladin.evaluation.metrics.protocol_description` says which keys a size gets.
 
-Ranks through a top-k list follow :func:`aladin.metrics.topk_ranks_t2i`: within the list, its
+Ranks through a top-k list follow :func:`aladin.evaluation.metrics.topk_ranks_t2i`: within the list, its
 order (index rows) or the re-ranking scores under the exhaustive ranks' pessimistic tie rule
 (two-stage rows); beyond it, ``max(k + 1, exhaustive rank)``, where the exhaustive rank comes
 from the same student embeddings (for two-stage: the student's order continues after the k).
@@ -21,20 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.oracle import oracle_scores, scene_records
-from .datasets import eccv_metrics, load_coco_ids
-from .encode import encode_images, encode_texts
-from .index import IndexConfig, IndexDir, build_index, exact_topk, recall_vs_exact, search
+from ..data.oracle import oracle_scores, scene_records
+from ..datasets import eccv_metrics, load_coco_ids
+from ..retrieval.encode import encode_images, encode_texts
+from ..retrieval.index import IndexConfig, IndexDir, build_index, exact_topk, recall_vs_exact, search
 from .metrics import (KS, RankFn, captions_per_image, count_score_ties, full_key, protocol_from_ranks,
                       protocol_metrics, ranks_i2t, ranks_t2i, summarize, t2i_recall_random_ties, topk_ranks_i2t,
                       topk_ranks_t2i, within_family_metrics)
-from .models.factory import load_model
-from .models.matching import MatchingHead
-from .scoring import score_store
-from .store import FeatureStore
+from ..models.factory import load_model
+from ..models.matching import MatchingHead
+from ..retrieval.store_scores import score_store
+from ..store import FeatureStore
 
 if TYPE_CHECKING:
-    from .params import EvaluateParams
+    from ..params import EvaluateParams
 
 # scorer(query_ids (Q,), candidate_ids (Q, k)) -> (Q, k) scores; ids are global test-set rows,
 # -1 marks an empty candidate slot (score it anything: it is dropped).
@@ -241,7 +241,7 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
         depths.append({"rerank_k": d, **m[full_key(store.n_images)], "rsum_1k": m.get("1k", {}).get("rsum")})
 
     if cross is not None:
-        from . import cross_eval
+        from . import cross as cross_eval
 
         n = min(p.cross_fold_images, store.n_images)
         args = (n, p.cross_text_queries, p.cross_image_queries, seed)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .store import Batch, FeatureStore
+from ..store import Batch, FeatureStore
 
 Indices = Sequence[int] | np.ndarray | None
 # Show a progress bar only from this many batches on.

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .scoring import score_store
-from .store import FeatureStore
+from ..retrieval.store_scores import score_store
+from ..store import FeatureStore
 
 log = logging.getLogger("aladin")
 

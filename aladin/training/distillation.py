@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .encode import encode_images, encode_texts
+from ..retrieval.encode import encode_images, encode_texts
 from .losses import TripletSchedule, distillation_loss, positive_mask
-from .metrics import retrieval_metrics
-from .params import LossConfig
-from .store import Batch, FeatureStore
+from ..evaluation.metrics import retrieval_metrics
+from ..params import LossConfig
+from ..store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 
@@ -101,10 +101,10 @@ def teacher_scorer(teacher: nn.Module, store: FeatureStore, cached: bool) -> Tim
 
 
 class StudentLoss:
-    """loss_fn(student, pair batch) -> (loss, logs) for :func:`aladin.training.fit`.
+    """loss_fn(student, pair batch) -> (loss, logs) for :func:`aladin.training.loop.fit`.
 
     Pass :meth:`on_epoch_start` to fit too: the triplet term follows the teacher's warm-up
-    schedule (:class:`aladin.losses.TripletSchedule`).
+    schedule (:class:`aladin.training.losses.TripletSchedule`).
     """
 
     def __init__(self, cfg: LossConfig, teacher: TeacherScores | None) -> None:

@@ -11,7 +11,7 @@
   collection (raw query -> backbone -> student -> index (-> teacher re-rank)), per index kind
   and per re-rank depth. The only part a student ablation re-runs.
 
-:func:`latency_report` joins them into metrics/latency.json. Timing conventions: aladin.timing.
+:func:`latency_report` joins them into metrics/latency.json. Timing conventions: aladin.latency.timing.
 """
 from __future__ import annotations
 
@@ -24,17 +24,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import load_rgb
-from .errors import DataError
-from .features import TextBackbone, VisionBackbone, image_batch, text_batch
-from .index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
-from .metrics import full_key
-from .retriever import Retriever, ranked
-from .store import FeatureStore
+from ..data.images import load_rgb
+from ..errors import DataError
+from ..features import TextBackbone, VisionBackbone, image_batch, text_batch
+from ..retrieval.index import IndexConfig, build_index, exact_topk, recall_vs_exact, search
+from ..evaluation.metrics import full_key
+from ..retrieval.retriever import Retriever, ranked
+from ..store import FeatureStore
 from .timing import per_query, throughput
 
 if TYPE_CHECKING:
-    from .params import LatencyParams
+    from ..params import LatencyParams
 
 log = logging.getLogger("aladin")
 
@@ -189,7 +189,7 @@ def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[
     Real test images only (sizes past the test set are skipped): its cost is one transformer
     pass per pair, so a fixed sample of `cross_queries` queries is timed.
     """
-    from .cross_eval import text_search_fn
+    from ..evaluation.cross import text_search_fn
 
     store, queries, rows = retr.store, texts[:cfg.cross_queries], []
     device = next(model.parameters()).device
@@ -318,7 +318,7 @@ def plot_efficiency(points: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p in points:
@@ -341,7 +341,7 @@ def plot_report(report: dict[str, Any], depths: list[dict[str, Any]], path: Path
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     sc = pd.DataFrame(report["scaling"])

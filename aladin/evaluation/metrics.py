@@ -27,7 +27,7 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger("aladin")
 

@@ -26,10 +26,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .config import from_dict
-from .errors import ConfigError, DataError
-from .io import atomic_path, read_json
-from .params import KINDS, IndexConfig
+from ..config import from_dict
+from ..errors import ConfigError, DataError
+from ..io import atomic_path, read_json
+from ..params import KINDS, IndexConfig
 
 FORMAT_VERSION = 1
 SIDES = {"images": "image_emb.npy", "captions": "caption_emb.npy"}

@@ -7,7 +7,7 @@ subsample of queries, each against the WHOLE fold: text queries against all 1,00
 image queries against all 5,000 captions. Every result names its protocol and query counts.
 The cheap, complete alternative is re-ranking: the cross-encoder re-orders the student's top-k
 for every query (k passes per query): :func:`pair_scorers` plug into
-aladin.evaluation.two_stage_rank_fn. Sampled figures carry a bootstrap interval over queries.
+aladin.evaluation.protocols.two_stage_rank_fn. Sampled figures carry a bootstrap interval over queries.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .metrics import bootstrap_interval, ranks_i2t, ranks_t2i, summarize
-from .models.cross_encoder import CrossEncoder
-from .models.factory import load_model, skipped_reason
-from .scoring import embed_store_items
-from .store import Batch, FeatureStore
+from ..models.cross_encoder import CrossEncoder
+from ..models.factory import load_model, skipped_reason
+from ..retrieval.store_scores import embed_store_items
+from ..store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 Tokens = tuple[torch.Tensor, torch.Tensor]   # (N, T, d) projected tokens, (N, T) validity mask
@@ -91,7 +91,7 @@ def candidate_scores(model: CrossEncoder, store: FeatureStore, query_idx: np.nda
 
 def pair_scorers(model: CrossEncoder, store: FeatureStore, device: torch.device | str,
                  batch_size: int = 2048) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...]:
-    """(score_t2i, score_i2t) in the form of aladin.evaluation.PairScorer, for two-stage rows.
+    """(score_t2i, score_i2t) in the form of aladin.evaluation.protocols.PairScorer, for two-stage rows.
 
     ``score_t2i(caption_ids (Q,), image_ids (Q, k)) -> (Q, k)``; ``score_i2t`` the reverse.
     """

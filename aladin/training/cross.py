@@ -8,7 +8,7 @@ training pair (caption c, image i) gives two lists, each scored by the joint tra
 - image i against [c, wrong captions]: the image -> text ranking.
 
 The wrong items are `hard` draws from the teacher's top-`pool` wrong candidates of the query
-(aladin.batching.teacher_candidates) plus `random` uniform draws over all wrong items, and the
+(aladin.training.batching.teacher_candidates) plus `random` uniform draws over all wrong items, and the
 loss is the softmax cross-entropy of each list with the positive first (losses.list_softmax_loss).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from .batching import Candidates
-from .models.cross_encoder import CrossEncoder
-from .store import FeatureStore
+from ..models.cross_encoder import CrossEncoder
+from ..store import FeatureStore
 
 
 def draw_negatives(pool: np.ndarray, queries: np.ndarray, hard: int, random: int, n_items: int,

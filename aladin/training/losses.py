@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .store import Batch
+from ..store import Batch
 
 
 def positive_mask(batch: Batch) -> torch.Tensor:

@@ -35,11 +35,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import distributed
-from .errors import AladinError, DataError
-from .io import atomic_path, write_json
-from .params import OptimConfig
-from .store import Batch, FeatureStore
+from .. import distributed
+from ..errors import AladinError, DataError
+from ..io import atomic_path, write_json
+from ..params import OptimConfig
+from ..store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 
@@ -154,7 +154,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
     before each epoch's training (e.g. a loss schedule); `on_epoch_end(epoch, row)` after the
     epoch's checkpoint is written (tests use it to simulate an interruption). `pair_order(rng)`
     gives an epoch's order of training pairs from its generator (default: a uniform permutation;
-    :mod:`aladin.batching` composes batches of teacher neighbours); batches are its contiguous runs.
+    :mod:`aladin.training.batching` composes batches of teacher neighbours); batches are its contiguous runs.
 
     In a torchrun process group (:func:`aladin.distributed.setup`) every rank calls fit alike;
     `validate`, `run` and the checkpoint are used by rank 0 only, and every rank returns the same
@@ -275,7 +275,7 @@ def remove_finished_checkpoints(checkpoints: Path = CHECKPOINTS, models: Path = 
 def write_skipped(name: str, reason: str) -> None:
     """The outputs of a training stage that did not train: a model marker, metrics saying why,
     an empty history (DVC needs every declared output)."""
-    from .models.factory import save_skipped
+    from ..models.factory import save_skipped
 
     save_skipped(MODELS / f"{name}.pt", reason)
     write_json(METRICS / f"{name}.json", {"skipped": True, "reason": reason})
@@ -293,8 +293,8 @@ def train_stage(name: str, kind: str, model: nn.Module, model_cfg: Any, loss_fn:
     (rank 0) models/<name>.pt, metrics/<name>.json, plots/<name>_history.csv and the run's
     ``best_val_*`` metrics. `summary(model, result)` adds stage-specific entries to the metrics
     JSON. Returns the FitResult on rank 0, None on the other ranks."""
-    from .models.factory import save_checkpoint
-    from .tracking import mlflow_run
+    from ..models.factory import save_checkpoint
+    from ..tracking import mlflow_run
 
     remove_finished_checkpoints()
     checkpoints = CHECKPOINTS / name

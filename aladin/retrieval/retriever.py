@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DataError
-from .features import image_batch, store_backbones, text_batch
+from ..errors import DataError
+from ..features import image_batch, store_backbones, text_batch
 from .index import IndexConfig, load_index_dir, search
-from .models.factory import load_model
-from .scoring import embed_store_items
-from .store import Batch, open_split
+from ..models.factory import load_model
+from .store_scores import embed_store_items
+from ..store import Batch, open_split
 
 
 def ranked(scores: np.ndarray, ids: np.ndarray, k: int,

@@ -1,0 +1,1 @@
+"""Training: the fit loop, losses, batch composition, distillation and cross-encoder training."""
