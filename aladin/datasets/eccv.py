@@ -3,7 +3,7 @@
 The package ships the 5K test's COCO ids and the extended positives; it is given, per query, the
 retrieved items' COCO ids best first. Ranked lists only need to be as long as the largest
 positive set (mAP@R reads the top R) or the largest K, so top-k lists are exact.
-Values are returned in percent, like the R@K of aladin.metrics.
+Values are returned in percent, like the R@K of aladin.evaluation.metrics.
 """
 from __future__ import annotations
 
