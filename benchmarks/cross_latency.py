@@ -5,12 +5,12 @@ about 90x). Both systems start from the query caption's stored token features (t
 backbone costs the same ~10 ms for both and is left out) and return the top-10 images:
 
 - cross-encoder: one joint transformer pass per (query, image) pair, image tokens projected
-  beforehand (aladin.evaluation.cross.text_search_fn), then top-10 of the N logits;
+  beforehand (aladin.latency.cross.text_search_fn), then top-10 of the N logits;
 - student: embed the caption, exact dot-product top-10 over N precomputed image embeddings
   (faiss IndexFlatIP).
 
 The text backbone's forward on the raw caption is timed on its own and added to both for the
-system ratio (`ratio_p50_system`). Timed with aladin.latency.recipes (wall clock per query after warm-up,
+system ratio (`ratio_p50_system`). Timed with aladin.latency.timing (wall clock per query after warm-up,
 fixed threads). The cross-encoder at 5K is timed on a few queries only (5,000 passes each).
 Prints JSON.
 
@@ -26,7 +26,8 @@ import faiss
 import numpy as np
 import torch
 
-from aladin.evaluation.cross import load_cross, text_search_fn
+from aladin.latency.cross import text_search_fn
+from aladin.models.factory import load_cross
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.errors import DataError
 from aladin.features import load_text_backbone, text_batch

@@ -6,7 +6,7 @@ Run on its own (not part of `dvc repro`; building the graph takes minutes on 2 c
     python benchmarks/hnsw_1m.py --n 200000 --ef-search 64 128
 
 The collection is the student's test image embeddings (index/image_emb.npy) plus perturbed
-copies up to --n (aladin.latency.timing.perturbed_collection), or clustered random unit vectors when
+copies up to --n (aladin.latency.queries.perturbed_collection), or clustered random unit vectors when
 no index has been built; queries are the test caption embeddings (or held-out random points).
 Single-query latency is measured with 1 thread (faiss parallelises across queries, not within
 one), after a warm-up; the graph is built with all cores. Targets: recall@10 >= 0.95 and
@@ -25,7 +25,8 @@ import numpy as np
 
 from aladin.retrieval.index import IndexConfig, build_index, recall_vs_exact, search
 from aladin.runtime import set_threads
-from aladin.latency.timing import per_query, perturbed_collection
+from aladin.latency.queries import perturbed_collection
+from aladin.latency.timing import per_query
 
 
 def data(n: int, n_queries: int, dim: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:

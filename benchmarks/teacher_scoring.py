@@ -81,7 +81,8 @@ def main() -> None:
             print(f"{name:34s} {rates[name] / 1e9:7.1f} GFLOP/s")
         ref_rate = max(rates.values())                                  # the faster reference
         for mb in a.chunk_mb:
-            t = best_time(lambda: score_embeddings(img, img_mask, groups, "mrsw", chunk_mb=mb, progress=False),
+            t = best_time(lambda: score_embeddings(img, img_mask, groups, "mrsw", 0.0, mb, progress=False,
+                                                   words="all"),
                           a.repeats)
             rate = flops / t
             full = 5000 * 25000 / (pairs / t)

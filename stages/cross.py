@@ -12,27 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from aladin import distributed, params
-from aladin.evaluation.cross import exhaustive_metrics
-from aladin.training.batching import teacher_candidates
-from aladin.training.cross import list_logits
-from aladin.training.losses import list_softmax_loss
+from aladin.evaluation.cross import fold0_summary, selection_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_matching_splits
-from aladin.training.loop import train_stage, write_skipped
+from aladin.training.batching import teacher_candidates
+from aladin.training.cross import CrossLoss
+from aladin.training.loop import TrainSpec, train_stage, write_skipped
 
 log = logging.getLogger("aladin")
 FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")
-
-
-def numeric(metrics: dict) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def main() -> None:
@@ -54,30 +47,16 @@ def main() -> None:
     seed_everything(seed)
     encoder = {"token_encoder": teacher} if cfg.model.inputs == "teacher_tokens" else {}
     model = build_model("cross", cfg.model, train.manifest["d_img"], train.manifest["d_txt"], **encoder)
-
-    def loss_fn(model, batch):
-        # Negatives drawn from torch's RNG, which fit reseeds every epoch: a resumed run redraws the same.
-        rng = np.random.default_rng(int(torch.randint(2**62, ())))
-        t2i, i2t = list_logits(model, train, batch.caption_index.cpu().numpy(), candidates, cfg.hard_negatives,
-                               cfg.random_negatives, rng, device)
-        loss_t2i, loss_i2t = list_softmax_loss(t2i), list_softmax_loss(i2t)
-        return (loss_t2i + loss_i2t) / 2, {"loss_t2i": loss_t2i.item(), "loss_i2t": loss_i2t.item()}
-
-    def validate(model):
-        return numeric(exhaustive_metrics(model, val, device, select_images, 0, 0, seed, cfg.eval_batch_size))
-
-    def summary(model, result):
-        final = exhaustive_metrics(model, val, device, eval_images, cfg.eval_text_queries,
-                                   cfg.eval_image_queries, seed, cfg.eval_batch_size)
-        return {"val_select_images": select_images, "val_fold0": final,
-                "note": (f"val: all pairs of the first {select_images} val images (model selection); "
-                         f"val_fold0: fold 0 ({eval_images} images), {int(final['t2i_queries'])} text "
-                         f"queries against all images, {int(final['i2t_queries'])} image queries against "
-                         "all captions" + (" (fixed random query samples: one transformer pass per pair)"
-                                           if final["protocol"].endswith("subsample") else ""))}
-
-    train_stage("cross", "cross", model, cfg.model, loss_fn, train, validate, cfg.optim, seed, device,
-                {"seed": seed, "cross": dataclasses.asdict(cfg)}, tracking, summary=summary)
+    train_stage(TrainSpec(
+        name="cross", kind="cross", model=model, model_cfg=cfg.model,
+        loss=CrossLoss(train, candidates, cfg.hard_negatives, cfg.random_negatives, device), train=train,
+        validate=partial(selection_metrics, store=val, device=device, n_images=select_images, seed=seed,
+                         batch_size=cfg.eval_batch_size),
+        optim=cfg.optim, seed=seed, device=device, params={"seed": seed, "cross": dataclasses.asdict(cfg)},
+        tracking=tracking,
+        summary=partial(fold0_summary, store=val, device=device, select_images=select_images, eval_images=eval_images,
+                        text_queries=cfg.eval_text_queries, image_queries=cfg.eval_image_queries, seed=seed,
+                        batch_size=cfg.eval_batch_size)))
 
 
 if __name__ == "__main__":

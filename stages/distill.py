@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from functools import partial
 from pathlib import Path
 
 from aladin import distributed, params
-from aladin.training.batching import teacher_neighbour_batches
-from aladin.training.distillation import StudentLoss, student_metrics, teacher_scorer
+from aladin.evaluation.validation import student_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_matching_splits
-from aladin.training.loop import train_stage
+from aladin.training.batching import teacher_neighbour_batches
+from aladin.training.distillation import StudentLoss, teacher_scorer
+from aladin.training.loop import TrainSpec, train_stage
 
 log = logging.getLogger("aladin")
 FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")
@@ -52,19 +54,14 @@ def main() -> None:
             pair_order = teacher_neighbour_batches(teacher_model, train, cfg.batches.group, cfg.batches.pool,
                                                    device)
     loss = StudentLoss(cfg.loss, teacher)
-
-    def summary(model, result):
-        out = {"mode": cfg.mode}
-        if teacher is not None:
-            out["teacher_seconds"] = round(teacher.setup_seconds + teacher.seconds, 1)
-        return out
-
     used = dataclasses.asdict(cfg)
     if baseline:
         used = {k: used[k] for k in params.TRIPLET_BASELINE_KEYS}
-    train_stage("student_triplet" if baseline else "student", "matching", student, cfg.model, loss, train,
-                lambda m: student_metrics(m, val), cfg.optim, seed, device, {"seed": seed, "distill": used},
-                tracking, on_epoch_start=loss.on_epoch_start, summary=summary, pair_order=pair_order)
+    train_stage(TrainSpec(
+        name="student_triplet" if baseline else "student", kind="matching", model=student, model_cfg=cfg.model,
+        loss=loss, train=train, validate=partial(student_metrics, store=val), optim=cfg.optim, seed=seed,
+        device=device, params={"seed": seed, "distill": used}, tracking=tracking,
+        on_epoch_start=loss.on_epoch_start, summary=loss.summary, pair_order=pair_order))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from aladin import params
-from aladin.evaluation.cross import load_cross
+from aladin.models.factory import load_cross
 from aladin.errors import DataError
 from aladin.evaluation.protocols import evaluate_system, headline_metrics
 from aladin.retrieval.index import load_index_dir

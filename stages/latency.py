@@ -13,11 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 from aladin import params
-from aladin.evaluation.cross import load_cross
+from aladin.models.factory import load_cross
 from aladin.errors import DataError
 from aladin.io import atomic_path, read_json, write_json
-from aladin.latency.recipes import (cross_encoder_rows, efficiency_points, latency_queries, latency_report, plot_efficiency,
-                            plot_report, search_latency, test_image_files)
+from aladin.latency.cross import cross_encoder_rows
+from aladin.latency.plots import plot_efficiency, plot_report
+from aladin.latency.queries import latency_queries, test_image_files
+from aladin.latency.report import efficiency_points, latency_report
+from aladin.latency.system import search_latency
 from aladin.retrieval.retriever import Retriever
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.tracking import mlflow_run

@@ -7,7 +7,8 @@ from pathlib import Path
 from aladin import params
 from aladin.features import store_backbones
 from aladin.io import write_json
-from aladin.latency.recipes import encoder_latency, latency_queries, test_image_files
+from aladin.latency.encoders import encoder_latency
+from aladin.latency.queries import latency_queries, test_image_files
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aladin import params
 from aladin.io import write_json
-from aladin.latency.recipes import scaling_latency
+from aladin.latency.scaling import scaling_latency
 from aladin.runtime import run_stage, set_threads
 from aladin.store import open_split
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from aladin import params
 from aladin.io import write_json
-from aladin.latency.recipes import latency_queries, teacher_latency, test_image_files
+from aladin.latency.queries import latency_queries, test_image_files
+from aladin.latency.teacher import teacher_latency
 from aladin.retrieval.retriever import Retriever
 from aladin.runtime import resolve_device, run_stage, set_threads
 

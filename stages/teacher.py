@@ -7,16 +7,16 @@ checkpoints/teacher/last.pt when params and data are unchanged; it is removed on
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from aladin import distributed, params
-from aladin.training.losses import TripletSchedule
-from aladin.evaluation.metrics import retrieval_metrics
+from aladin.evaluation.validation import teacher_metrics
 from aladin.models.factory import build_model
 from aladin.runtime import run_stage, seed_everything, set_threads
-from aladin.retrieval.store_scores import score_store
 from aladin.store import open_matching_splits
-from aladin.training.loop import train_stage
+from aladin.training.loop import TrainSpec, train_stage
+from aladin.training.losses import TripletSchedule
 
 FEATURES = Path("features")
 
@@ -31,12 +31,11 @@ def main() -> None:
     seed_everything(seed)
     model = build_model("alignment", p.model, train.manifest["d_img"], train.manifest["d_txt"])
     loss = TripletSchedule(p.margin, p.warmup_epochs)
-
-    def validate(model):
-        return retrieval_metrics(score_store(model, val, device, p.score_chunk_mb, progress=False), val.caption_image)
-
-    train_stage("teacher", "alignment", model, p.model, loss, train, validate, p.optim, seed, device,
-                {"seed": seed, "teacher": asdict(p)}, tracking, on_epoch_start=loss.on_epoch_start)
+    train_stage(TrainSpec(
+        name="teacher", kind="alignment", model=model, model_cfg=p.model, loss=loss, train=train,
+        validate=partial(teacher_metrics, store=val, device=device, chunk_mb=p.score_chunk_mb),
+        optim=p.optim, seed=seed, device=device, params={"seed": seed, "teacher": asdict(p)},
+        tracking=tracking, on_epoch_start=loss.on_epoch_start))
 
 
 if __name__ == "__main__":

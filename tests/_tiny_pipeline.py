@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from aladin.data.manifest import ImageRecord, write_dataset
-from aladin.training.distillation import LossConfig, StudentLoss, student_metrics
+from aladin.evaluation.validation import student_metrics
+from aladin.training.distillation import LossConfig, StudentLoss
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.features import extract_features
 from aladin.retrieval.index import IndexConfig, save_index_dir, sha256_file

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from aladin.training.batching import Candidates
-from aladin.evaluation.cross import (cross_scores, exhaustive_metrics, load_cross, pair_scorers, sampled_metrics,
-                               subsample_queries, text_search_fn)
+from aladin.evaluation.cross import (cross_scores, exhaustive_metrics, pair_scorers, sampled_metrics,
+                                     subsample_queries)
+from aladin.latency.cross import text_search_fn
+from aladin.models.factory import load_cross
 from aladin.training.cross import draw_negatives, list_logits
 from aladin.errors import ConfigError
 from aladin.io import read_json
@@ -188,14 +190,14 @@ def test_cross_scores_agree_with_single_pair_passes(tmp_path):
 def test_exhaustive_metrics_full_and_subsampled_agree_with_reference(tmp_path):
     store = write_store(tmp_path / "test", 8, per_image=2)
     m = small_model(seed=10)
-    full = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=0, image_queries=0)
+    full = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=0, image_queries=0, seed=0, batch_size=2048)
     s = naive_matrix(m, store.image_batch(np.arange(6)), store.caption_batch(np.arange(12))).numpy()
     ref = retrieval_metrics(s, np.array(store.caption_image[:12]))
     for k, v in ref.items():
         assert full[k] == pytest.approx(v)
     assert full["protocol"] == "fold0_6img" and full["pairs_scored"] == 72
     # A query subsample ranks each sampled query against the whole fold: its ranks are the full ones.
-    sub = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=5, image_queries=3, seed=1)
+    sub = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=5, image_queries=3, seed=1, batch_size=2048)
     cq, iq = subsample_queries(store, 6, 5, 3, seed=1)
     assert sub["protocol"] == "fold0_6img_query_subsample" and sub["pairs_scored"] == 6 * 5 + 3 * 12
     r_t2i = ranks_t2i(s[:, cq], store.caption_image[cq])                     # t2i on sampled columns
@@ -210,7 +212,7 @@ def test_sampled_metrics_of_a_score_matrix_equal_the_cross_encoders_own(tmp_path
     # exactly what exhaustive_metrics reports when that model is the cross-encoder itself.
     store = write_store(tmp_path / "test", 8, per_image=2)
     m = small_model(seed=12)
-    sub = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=5, image_queries=3, seed=4)
+    sub = exhaustive_metrics(m, store, "cpu", n_images=6, text_queries=5, image_queries=3, seed=4, batch_size=2048)
     cq, iq = subsample_queries(store, 6, 5, 3, seed=4)
     full = cross_scores(m, store, np.arange(8), np.arange(16), "cpu")       # the whole test set
     got = sampled_metrics(full, store, 6, cq, iq, seed=4)
@@ -249,7 +251,7 @@ def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path)
         return list_softmax_loss(t2i) + list_softmax_loss(i2t), {}
 
     def validate(model):
-        return exhaustive_metrics(model, val, "cpu", n_images=10, text_queries=0, image_queries=0)
+        return exhaustive_metrics(model, val, "cpu", n_images=10, text_queries=0, image_queries=0, seed=0, batch_size=2048)
 
     before = validate(model.eval())["rsum"]
     res = fit(model, loss_fn, train, lambda mdl: {k: v for k, v in validate(mdl).items()

@@ -93,7 +93,7 @@ def test_recall_vs_exact_counts_overlap():
 
 
 # -- evaluation rows through an index -------------------------------------------------------------
-from aladin.evaluation import protocols as E  # noqa: E402
+from aladin.evaluation import ranking as E  # noqa: E402
 from aladin.evaluation import metrics as M  # noqa: E402
 
 

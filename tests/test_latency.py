@@ -2,7 +2,12 @@
 import numpy as np
 import pytest
 
-from aladin.latency import recipes as L
+from aladin.latency.encoders import encoder_latency
+from aladin.latency.queries import clustered_collection, latency_queries, perturbed_collection
+from aladin.latency.report import efficiency_points, latency_report
+from aladin.latency.scaling import scaling_latency
+from aladin.latency.system import search_latency
+from aladin.latency.teacher import teacher_latency
 from aladin.latency import timing as T
 from tests._params import section
 
@@ -22,15 +27,15 @@ def test_perturbed_collection():
     rng = np.random.default_rng(0)
     base = rng.standard_normal((50, 16)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    coll = T.perturbed_collection(base, 170, noise=0.3, seed=1)
+    coll = perturbed_collection(base, 170, noise=0.3, seed=1)
     assert coll.shape == (170, 16) and coll.dtype == np.float32
     np.testing.assert_array_equal(coll[:50], base)              # the real rows come first, untouched
     np.testing.assert_allclose(np.linalg.norm(coll, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(coll, T.perturbed_collection(base, 170, noise=0.3, seed=1))
+    np.testing.assert_array_equal(coll, perturbed_collection(base, 170, noise=0.3, seed=1))
     # Copy 50 + i perturbs base row i: close to it, not equal.
     d = np.linalg.norm(coll[50:100] - base, axis=1)
     assert np.all(d > 0.05) and np.all(d < 0.8)
-    np.testing.assert_array_equal(T.perturbed_collection(base, 20, 0.3, 1), base[:20])
+    np.testing.assert_array_equal(perturbed_collection(base, 20, 0.3, 1), base[:20])
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +45,10 @@ def tiny(tmp_path_factory):
 
 
 def test_clustered_collection():
-    coll = L.clustered_collection(300, 16, seed=2, clusters=4)
+    coll = clustered_collection(300, 16, seed=2, clusters=4)
     assert coll.shape == (300, 16) and coll.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(coll, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(coll, L.clustered_collection(300, 16, seed=2, clusters=4))
+    np.testing.assert_array_equal(coll, clustered_collection(300, 16, seed=2, clusters=4))
     assert (coll @ coll.T > 0.8).mean() > 0.2                      # clustered: many close pairs
 
 
@@ -68,18 +73,18 @@ def test_retriever_and_latency_recipes_structure(tiny):
     cfg = section("latency", threads=1, n_queries=4, n_image_queries=2, teacher_queries=2, warmup=1, batch_size=3,
                   throughput_queries=6, k=3, sizes=[8, 20], teacher_sizes=[8, 20], image_query_sizes=[8],
                   index_kinds=["flat", "hnsw"], scaling_kind="ivf_flat", scaling_nlist=2, scaling_nprobe=1)
-    texts, images = L.latency_queries(retr.store, files, cfg, seed=0)
+    texts, images = latency_queries(retr.store, files, cfg, seed=0)
     assert len(texts) == 6 and len(images) == 2
-    encoders = L.encoder_latency(*store_backbones(retr.store, "cpu"), texts, images, cfg)
+    encoders = encoder_latency(*store_backbones(retr.store, "cpu"), texts, images, cfg)
     assert set(encoders) == {"text", "image"} and encoders["text"]["n_queries"] == 4
-    teacher = L.teacher_latency(Retriever(root / "features", "test", student=None, teacher=root / "models/teacher.pt"),
+    teacher = teacher_latency(Retriever(root / "features", "test", student=None, teacher=root / "models/teacher.pt"),
                                 texts, images, cfg)
     assert [r["n_images"] for r in teacher["scaling"]] == [8, 20] and teacher["scaling"][1]["synthetic"]
-    scaling = L.scaling_latency(retr.index.image_emb.shape[1], 5, retr.index.cfg, cfg, seed=0)
+    scaling = scaling_latency(retr.index.image_emb.shape[1], 5, retr.index.cfg, cfg, seed=0)
     rows = {(r["method"], r["query"], r["n_images"]) for r in scaling}
     assert rows == {("student_flat", "text", 8), ("student_ivf_flat", "text", 8), ("student_flat", "text", 20),
                     ("student_ivf_flat", "text", 20), ("student_flat", "image", 8)}
-    system = L.search_latency(retr, texts, images, cfg, seed=0, rerank_k=6, rerank_depths=[3, 6])
+    system = search_latency(retr, texts, images, cfg, seed=0, rerank_k=6, rerank_depths=[3, 6])
     assert set(system) == {"text", "image", "index_kinds", "rerank"}
     assert system["text"]["student"]["n_queries"] == 4 and system["text"]["student"]["qps"] > 0
     assert [r["rerank_k"] for r in system["rerank"]] == [3, 6]
@@ -87,7 +92,7 @@ def test_retriever_and_latency_recipes_structure(tiny):
     assert system["index_kinds"][0]["recall_at_k_vs_flat"] == 1.0
 
     evaluation = {"summary": {"two_stage_rsum_vs_teacher": 1.0, "two_stage_rsum_vs_student": 1.2}}
-    report = L.latency_report(system, encoders, teacher, scaling, [], evaluation, cfg)
+    report = latency_report(system, encoders, teacher, scaling, [], evaluation, cfg)
     assert set(report["text"]) == {"encoder_only", "student", "two_stage"}
     assert set(report["image"]) == {"encoder_only", "student", "two_stage", "teacher"}
     e2e = [r for r in report["scaling"] if r["method"] == "student_flat_e2e"]
@@ -107,7 +112,7 @@ def test_efficiency_points_join_quality_and_latency_per_method():
                for m, n, ms in (("teacher", 5000, 65.0), ("teacher", 1000, 14.0), ("cross_encoder", 5000, 2100.0),
                                 ("cross_rerank", 5000, 25.0))]
     depths = [{"rerank_k": 10, "rsum": 150.0, "rsum_1k": 290.0, "e2e_p50_ms": 19.0}]
-    pts = {p["method"]: p for p in L.efficiency_points({"text": {"student": {"p50_ms": 17.5}}}, depths,
+    pts = {p["method"]: p for p in efficiency_points({"text": {"student": {"p50_ms": 17.5}}}, depths,
                                                        evaluation, scaling)}
     assert set(pts) == {"student", "student_triplet", "teacher", "two_stage_k10", "cross_encoder", "cross_rerank_k10"}
     assert (pts["teacher"]["rsum"], pts["teacher"]["p50_ms"], pts["teacher"]["protocol"]) == (316.0, 65.0, "1k")

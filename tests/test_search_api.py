@@ -191,7 +191,7 @@ def test_unreadable_image_names_the_accepted_types(client):
 
 
 def test_oversized_upload_is_refused(engine):
-    small = SearchEngine(engine.retrievers, limits=Limits(max_upload_bytes=1000), root=engine.root)
+    small = SearchEngine(engine.retrievers, limits=Limits(max_upload_bytes=1000), root=engine.root, rerank_k=10)
     client = TestClient(create_app(small))
     big = png_bytes(engine.image_file(0)) + b"\0" * 200_000        # over the limit and its multipart slack
     r = client.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
@@ -247,7 +247,7 @@ class _CountingRetriever:
 
 def test_engine_caps_concurrent_searches(engine):
     fake = _CountingRetriever(engine.retrievers["flat"])
-    capped = SearchEngine({"flat": fake}, concurrency=2)
+    capped = SearchEngine({"flat": fake}, concurrency=2, rerank_k=10)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: capped.search_text("a query", 1), range(24)))
     assert 1 <= fake.peak <= 2

@@ -220,8 +220,8 @@ def test_encode_batched_equals_unbatched_and_restores_mode(tmp_path):
 
 # --- distillation training ----------------------------------------------------------------------
 
-from aladin.training.distillation import (CachedTeacher, LossConfig, OnlineTeacher, StudentLoss,  # noqa: E402
-                                 student_metrics)
+from aladin.evaluation.validation import student_metrics  # noqa: E402
+from aladin.training.distillation import CachedTeacher, LossConfig, OnlineTeacher, StudentLoss  # noqa: E402
 from aladin.training.loop import OptimConfig, fit  # noqa: E402
 
 

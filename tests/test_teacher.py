@@ -57,7 +57,7 @@ def sets():
 def test_pooling_matches_naive_loop(sets, pooling):
     img, img_mask, cap, cap_mask = sets
     expected = naive_score(img, img_mask, cap, cap_mask, pooling)
-    torch.testing.assert_close(alignment_scores(img, img_mask, cap, cap_mask, pooling, T), expected)
+    torch.testing.assert_close(alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "all"), expected)
 
 
 def test_padding_content_is_ignored(sets):
@@ -66,20 +66,20 @@ def test_padding_content_is_ignored(sets):
     img2 = torch.where(img_mask[..., None], img, 100.0 * cap[:1, :1])
     cap2 = torch.where(cap_mask[..., None], cap, 100.0 * img[:1, :1])
     for pooling in POOLINGS:
-        torch.testing.assert_close(alignment_scores(img2, img_mask, cap2, cap_mask, pooling, T),
-                                   alignment_scores(img, img_mask, cap, cap_mask, pooling, T))
+        torch.testing.assert_close(alignment_scores(img2, img_mask, cap2, cap_mask, pooling, T, "all"),
+                                   alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "all"))
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("chunk_mb", [1e-5, 1e-3, 100.0])
 def test_chunked_equals_unchunked(sets, pooling, chunk_mb):
     img, img_mask, cap, cap_mask = sets
-    full = alignment_scores(img, img_mask, cap, cap_mask, pooling, T)
+    full = alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "all")
     # Two caption groups with their own padding, written to shuffled columns.
     short, rest = torch.tensor([1, 2]), torch.tensor([0, 3, 4, 5, 6])   # captions 1, 2 have <= 2 words
     groups = [(cap[short, :2], cap_mask[short, :2]), (cap[rest], cap_mask[rest])]
     perm = torch.tensor([4, 0, 6, 2, 1, 5, 3])                          # caption k -> column perm[k]
-    out = score_embeddings(img, img_mask, groups, pooling, T, chunk_mb,
+    out = score_embeddings(img, img_mask, groups, pooling, T, chunk_mb, words="all",
                            columns=[perm[short], perm[rest]], progress=False)
     torch.testing.assert_close(out[:, perm], full)
 
@@ -180,8 +180,8 @@ def test_threaded_scoring_matches_and_restores_thread_count(sets):
     torch.set_num_threads(2)
     try:
         for pooling in POOLINGS:
-            out = score_embeddings(img, img_mask, [(cap, cap_mask)], pooling, T, 1e-5, progress=False)
-            torch.testing.assert_close(out, alignment_scores(img, img_mask, cap, cap_mask, pooling, T))
+            out = score_embeddings(img, img_mask, [(cap, cap_mask)], pooling, T, 1e-5, progress=False, words="all")
+            torch.testing.assert_close(out, alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "all"))
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

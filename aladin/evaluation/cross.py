@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from .metrics import bootstrap_interval, ranks_i2t, ranks_t2i, summarize
+from .metrics import bootstrap_interval, captions_per_image, ranks_i2t, ranks_t2i, summarize
+from .ranking import IndexedRetrieval, index_rank_fn, matrix_scorers, two_stage_rank_fn
 from ..models.cross_encoder import CrossEncoder
-from ..models.factory import load_model, skipped_reason
+from ..params import TOP_K
 from ..retrieval.store_scores import embed_store_items
-from ..store import Batch, FeatureStore
+from ..store import FeatureStore
+
+if TYPE_CHECKING:
+    from ..params import EvaluateParams
 
 log = logging.getLogger("aladin")
 Tokens = tuple[torch.Tensor, torch.Tensor]   # (N, T, d) projected tokens, (N, T) validity mask
@@ -121,9 +124,8 @@ def subsample_queries(store: FeatureStore, n_images: int, text_queries: int, ima
     return pick(captions, text_queries), pick(np.arange(n_images), image_queries)
 
 
-def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int = 1000,
-                       text_queries: int = 100, image_queries: int = 10, seed: int = 0,
-                       batch_size: int = 2048) -> dict[str, Any]:
+def exhaustive_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int,
+                       text_queries: int, image_queries: int, seed: int, batch_size: int) -> dict[str, Any]:
     """Retrieval metrics of exhaustive cross-encoder scoring on fold 0, for a query subsample.
 
     Text queries are ranked against all `n_images` images, image queries against all their
@@ -172,34 +174,44 @@ def sampled_metrics(scores: np.ndarray, store: FeatureStore, n_images: int, capt
     return {**summarize(r_i2t, r_t2i), "interval_95": bootstrap_interval(r_i2t, r_t2i, seed=seed)}
 
 
-def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, device: torch.device | str,
-                   batch_size: int = 2048) -> Callable[..., np.ndarray]:
-    """``search(query, images=None) -> (n,)`` logits of one text query against the first `n_images`
-    images, or against those of them in `images` (a candidate list to re-rank).
-
-    What a cross-encoder search costs per query, for the latency harness: image tokens are
-    projected once beforehand (the only per-item precomputation a cross-encoder allows), then
-    one transformer pass per image. `query` is a store caption id (its stored tokens: the text
-    backbone left out) or a one-caption Batch from aladin.features.text_batch (raw text).
-    Puts the model in eval mode.
-    """
-    model.eval()
-    img = embed_store_items(model, store, "image", device, np.arange(n_images))
-    every = torch.arange(n_images, device=img[0].device)
-
-    @torch.no_grad()
-    def search(query: int | Batch, images: np.ndarray | None = None) -> np.ndarray:
-        batch = query if isinstance(query, Batch) else store.caption_batch([int(query)])
-        txt = model.embed_texts(batch.to(device))
-        rows = every if images is None else torch.as_tensor(images, device=every.device)
-        return score_rows(model, img, txt, rows, torch.zeros_like(rows), batch_size).numpy()
-    return search
+def selection_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int,
+                      seed: int, batch_size: int) -> dict[str, float]:
+    """Model selection (every epoch): the numeric metrics of all pairs of the first `n_images` images."""
+    metrics = exhaustive_metrics(model, store, device, n_images, 0, 0, seed, batch_size)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def load_cross(path: str | os.PathLike, device: torch.device | str = "cpu") -> CrossEncoder | None:
-    """The trained cross-encoder, or None when the `cross` stage was skipped (cross.enabled false)."""
-    reason = skipped_reason(path)
-    if reason is not None:
-        log.info("%s: cross-encoder not trained (%s)", path, reason)
-        return None
-    return load_model(path, device, kind="cross")
+def fold0_summary(model: CrossEncoder, store: FeatureStore, device: torch.device | str, select_images: int,
+                  eval_images: int, text_queries: int, image_queries: int, seed: int,
+                  batch_size: int) -> dict[str, Any]:
+    """metrics/cross.json's entries beside the selection metrics: fold 0 scored for a query sample."""
+    final = exhaustive_metrics(model, store, device, eval_images, text_queries, image_queries, seed, batch_size)
+    sampled = " (fixed random query samples: one transformer pass per pair)" if final["protocol"].endswith("subsample") else ""
+    return {"val_select_images": select_images, "val_fold0": final,
+            "note": (f"val: all pairs of the first {select_images} val images (model selection); "
+                     f"val_fold0: fold 0 ({eval_images} images), {int(final['t2i_queries'])} text "
+                     f"queries against all images, {int(final['i2t_queries'])} image queries against "
+                     f"all captions{sampled}")}
+
+
+def cross_rows(cross: CrossEncoder, rows: dict[str, Any], retrieval: IndexedRetrieval, store: FeatureStore,
+               teacher_scores: np.ndarray, student_scores: np.ndarray, p: EvaluateParams, seed: int,
+               device: torch.device | str) -> dict[str, Any]:
+    """The cross-encoder's rows of metrics/eval.json on fold 0: exhaustive on a query sample (and the
+    teacher and exact student on the same sample), and as the re-ranker of the student's top
+    `p.cross_rerank_k` beside the teacher re-ranking the same lists. Adds fold-0 entries to the
+    teacher, student_exact, student and two_stage rows of `rows` (changed in place)."""
+    cap_img = store.caption_image
+    n = min(p.cross_fold_images, store.n_images)
+    sample = (n, p.cross_text_queries, p.cross_image_queries, seed)
+    out = {"cross_encoder": {"fold0_sampled": exhaustive_metrics(cross, store, device, *sample, p.batch_size)}}
+    cap_q, img_q = subsample_queries(store, *sample)
+    for name, matrix in (("teacher", teacher_scores), ("student_exact", student_scores)):
+        rows[name]["fold0_sampled"] = sampled_metrics(matrix, store, n, cap_q, img_q, seed)
+    fold0 = (slice(0, n), slice(0, n * captions_per_image(cap_img, store.n_images)))
+    k = p.cross_rerank_k
+    out["cross_rerank"] = {"rerank_k": k, "fold0": summarize(*two_stage_rank_fn(
+        retrieval, cap_img, k, *pair_scorers(cross, store, device))(*fold0))}
+    rows["two_stage"]["fold0"] = summarize(*two_stage_rank_fn(retrieval, cap_img, k, *matrix_scorers(teacher_scores))(*fold0))
+    rows["student"]["fold0"] = summarize(*index_rank_fn(retrieval, cap_img, TOP_K)(*fold0))
+    return out

@@ -1,4 +1,4 @@
-"""Timing harness: per-query percentiles and batched throughput, plus synthetic collections.
+"""Timing harness: per-query percentiles and batched throughput.
 
 Conventions (stated in every output): times are wall-clock ``time.perf_counter`` around the
 whole call, after `warmup` untimed calls, one query at a time, with torch and faiss thread
@@ -45,24 +45,3 @@ def throughput(fn_batch: Callable[[Sequence[Any]], Any], queries: Sequence[Any],
     return len(queries) / (time.perf_counter() - t0)
 
 
-def perturbed_collection(base: np.ndarray, n: int, noise: float, seed: int) -> np.ndarray:
-    """A collection of `n` unit vectors grown from `base` (N0, D): its first rows are `base` itself,
-    then copies of base rows with Gaussian noise of norm about `noise`, re-normalised.
-
-    Used to time search beyond the real test set: same dimension and norm as real embeddings,
-    and clustered like them, but not real items (every output says so).
-    """
-    base = np.ascontiguousarray(base, dtype=np.float32)
-    if n <= len(base):
-        return base[:n].copy()
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, base.shape[1]), np.float32)
-    out[:len(base)] = base
-    step = 1 << 16                           # fill in blocks: bounded temporaries at 1M x D
-    for start in range(len(base), n, step):
-        stop = min(start + step, n)
-        rows = base[np.arange(start, stop) % len(base)]
-        eps = rng.standard_normal(rows.shape, dtype=np.float32) * (noise / np.sqrt(base.shape[1]))
-        rows = rows + eps
-        out[start:stop] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    return out

@@ -9,6 +9,7 @@ kind, add one line to ``MODELS``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import importlib
 import os
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import nn
 from ..config import from_dict
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
+
+log = logging.getLogger("aladin")
 
 # kind -> "module:Class"; imported lazily so a stage only pays for the models it uses.
 MODELS: dict[str, str] = {
@@ -117,3 +120,12 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     except (ConfigError, RuntimeError) as e:
         raise DataError(f"{path}: checkpoint does not match its model ({e})") from e
     return model.to(device).eval()
+
+
+def load_cross(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module | None:
+    """The trained cross-encoder, or None when the `cross` stage was skipped (cross.enabled false)."""
+    reason = skipped_reason(path)
+    if reason is not None:
+        log.info("%s: cross-encoder not trained (%s)", path, reason)
+        return None
+    return load_model(path, device, kind="cross")

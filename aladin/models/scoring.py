@@ -58,7 +58,7 @@ def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.T
 
 
 def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor, cap_mask: torch.Tensor,
-                     pooling: Pooling = "mrsw", temperature: float = 0.1, words: Words = "all") -> torch.Tensor:
+                     pooling: Pooling, temperature: float, words: Words) -> torch.Tensor:
     """(N, M) scores of images (N, R, d) with mask (N, R) x captions (M, L, d) with mask (M, L).
 
     Exact and differentiable; memory N*R*M*L floats (use :func:`score_embeddings` for big sets).
@@ -82,9 +82,9 @@ def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tenso
 
 
 def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple[torch.Tensor, torch.Tensor]],
-                     pooling: Pooling = "mrsw", temperature: float = 0.1, chunk_mb: float = SCORE_CHUNK_MB,
-                     columns: list[torch.Tensor] | None = None, progress: bool = True,
-                     words: Words = "all") -> torch.Tensor:
+                     pooling: Pooling, temperature: float, chunk_mb: float = SCORE_CHUNK_MB,
+                     columns: list[torch.Tensor] | None = None, progress: bool = True, *,
+                     words: Words) -> torch.Tensor:
     """(N, sum M_k) scores of embedded images against caption groups [(cap (M_k, L_k, d), mask)].
 
     Captions come in groups so each group can be padded to its own length (sorted by length,
@@ -131,7 +131,8 @@ def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple
                         if pooling == "mravgw":
                             s = s / c_mask.sum(dim=-1).clamp(min=1)[None]
                     else:
-                        s = alignment_scores(img[i:i + ni], img_mask[i:i + ni], c, c_mask, pooling, temperature)
+                        s = alignment_scores(img[i:i + ni], img_mask[i:i + ni], c, c_mask, pooling, temperature,
+                                             "all")                       # c_mask is already the word set
                     out[i:i + ni, c_cols] = s
                     bar.update(ni * mc)
 

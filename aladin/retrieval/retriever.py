@@ -71,7 +71,6 @@ class Retriever:
                                 f"{self.store.n_images} / {self.store.n_captions}")
         self.teacher = load_model(teacher, self.device, kind="alignment") if teacher is not None else None
         self.teacher_images = embed_store_items(self.teacher, self.store, "image", self.device) if self.teacher is not None else None
-        self._teacher_captions: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- query encoding: the part every method pays ------------------------------------------------
     @torch.inference_mode()
@@ -87,14 +86,14 @@ class Retriever:
         return batch, self.student.embed_images(batch).float().cpu().numpy()
 
     # -- teacher scoring ---------------------------------------------------------------------------
-    def _require_teacher(self) -> None:
+    def require_teacher(self) -> None:
         if self.teacher is None:
             raise DataError("re-ranking needs the teacher: build the Retriever with teacher=<checkpoint>")
 
     @torch.inference_mode()
     def teacher_scores_images(self, batch: Batch, row: int, images: np.ndarray | slice) -> np.ndarray:
         """Teacher scores of text query `row` of `batch` against collection `images`. Shape (n,)."""
-        self._require_teacher()
+        self.require_teacher()
         q = Batch(tokens=batch.tokens[row:row + 1], token_mask=batch.token_mask[row:row + 1])
         txt, txt_mask = self.teacher.embed_texts(q)
         emb, mask = self.teacher_images
@@ -103,7 +102,7 @@ class Retriever:
     @torch.inference_mode()
     def teacher_scores_captions(self, batch: Batch, row: int, captions: np.ndarray) -> np.ndarray:
         """Teacher scores of image query `row` of `batch` against store captions `captions`. Shape (n,)."""
-        self._require_teacher()
+        self.require_teacher()
         q = Batch(regions=batch.regions[row:row + 1], boxes=batch.boxes[row:row + 1],
                   region_mask=batch.region_mask[row:row + 1])
         img, img_mask = self.teacher.embed_images(q)
@@ -142,16 +141,3 @@ class Retriever:
 
     def search_image(self, image: Image.Image, k: int = 10, rerank_k: int | None = None) -> list[Hit]:
         return self.search_images([image], k, rerank_k)[0]
-
-    @torch.inference_mode()
-    def teacher_search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
-        """Exhaustive teacher scoring against every caption (their teacher vectors cached on first use)."""
-        self._require_teacher()
-        if self._teacher_captions is None:
-            self._teacher_captions = embed_store_items(self.teacher, self.store, "caption", self.device)
-        batch = image_batch(self.vision_backbone, [image.convert("RGB")])
-        img, img_mask = self.teacher.embed_images(batch)
-        s = self.teacher.score(img, img_mask, *self._teacher_captions)[0].float().cpu().numpy()
-        top = np.argsort(-s, kind="stable")[:k]
-        return [Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(s[j]),
-                    text=self.store.captions[j]) for r, j in enumerate(top)]

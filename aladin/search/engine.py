@@ -77,8 +77,8 @@ class SearchEngine:
     """
 
     def __init__(self, retrievers: dict[str, Retriever], default_index: str | None = None,
-                 root: str | Path = ".", limits: Limits = Limits(), concurrency: int = 1,
-                 rerank_k: int = 100) -> None:
+                 root: str | Path = ".", limits: Limits = Limits(), concurrency: int = 1, *,
+                 rerank_k: int) -> None:
         if not retrievers:
             raise ConfigError("search engine: no index to serve")
         if concurrency < 1:

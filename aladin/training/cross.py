@@ -16,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .batching import Candidates
 from ..models.cross_encoder import CrossEncoder
-from ..store import FeatureStore
+from ..store import Batch, FeatureStore
+from .batching import Candidates
+from .losses import list_softmax_loss
 
 
 def draw_negatives(pool: np.ndarray, queries: np.ndarray, hard: int, random: int, n_items: int,
@@ -63,3 +64,20 @@ def list_logits(model: CrossEncoder, store: FeatureStore, captions: np.ndarray, 
     def score(img_rows: torch.Tensor, cap_rows: torch.Tensor) -> torch.Tensor:
         return model.joint(img[0][img_rows], img[1][img_rows], txt[0][cap_rows], txt[1][cap_rows]).view(b, 1 + n)
     return score(lists, fixed), score(fixed, lists)
+
+
+class CrossLoss:
+    """loss_fn(cross-encoder, pair batch) -> (loss, logs) for :func:`aladin.training.loop.fit`: the
+    listwise softmax loss of both lists of every pair, averaged over the two directions."""
+
+    def __init__(self, store: FeatureStore, candidates: Candidates, hard: int, random: int,
+                 device: torch.device | str) -> None:
+        self.store, self.candidates, self.hard, self.random, self.device = store, candidates, hard, random, device
+
+    def __call__(self, model: CrossEncoder, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        # Negatives drawn from torch's RNG, which fit reseeds every epoch: a resumed run redraws the same.
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        t2i, i2t = list_logits(model, self.store, batch.caption_index.cpu().numpy(), self.candidates,
+                               self.hard, self.random, rng, self.device)
+        loss_t2i, loss_i2t = list_softmax_loss(t2i), list_softmax_loss(i2t)
+        return (loss_t2i + loss_i2t) / 2, {"loss_t2i": loss_t2i.item(), "loss_i2t": loss_i2t.item()}

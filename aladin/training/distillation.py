@@ -20,9 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..retrieval.encode import encode_images, encode_texts
 from .losses import TripletSchedule, distillation_loss, positive_mask
-from ..evaluation.metrics import retrieval_metrics
 from ..params import LossConfig
 from ..store import Batch, FeatureStore
 
@@ -129,9 +127,9 @@ class StudentLoss:
             logs["triplet"] = triplet.item()
         return loss, logs
 
-
-def student_metrics(model: nn.Module, store: FeatureStore, batch_size: int = 256) -> dict[str, float]:
-    """Retrieval metrics of the student on a whole split: exact dot-product kNN, both directions."""
-    img = encode_images(model, store, batch_size=batch_size)
-    txt = encode_texts(model, store, batch_size=batch_size)
-    return retrieval_metrics(img @ txt.T, np.array(store.caption_image))
+    def summary(self, model: nn.Module) -> dict[str, object]:
+        """Entries of metrics/student.json beside the val metrics: the mode and the teacher's time."""
+        out: dict[str, object] = {"mode": self.cfg.mode}
+        if isinstance(self.teacher, Timed):
+            out["teacher_seconds"] = round(self.teacher.setup_seconds + self.teacher.seconds, 1)
+        return out

@@ -283,33 +283,49 @@ def write_skipped(name: str, reason: str) -> None:
         pd.DataFrame(columns=["epoch"]).to_csv(tmp, index=False)
 
 
-def train_stage(name: str, kind: str, model: nn.Module, model_cfg: Any, loss_fn: LossFn,
-                train_store: FeatureStore, validate: Callable[[nn.Module], dict[str, float]],
-                optim_cfg: OptimConfig, seed: int, device: torch.device, params: dict[str, Any],
-                tracking: Any, on_epoch_start: Callable[[int], None] | None = None,
-                summary: Callable[[nn.Module, FitResult], dict[str, Any]] | None = None,
-                pair_order: Callable[[np.random.Generator], np.ndarray] | None = None) -> FitResult | None:
+@dataclass(frozen=True)
+class TrainSpec:
+    """What a training stage hands to :func:`train_stage`: the model and how to fit and record it."""
+
+    name: str                    # models/<name>.pt, metrics/<name>.json, plots/<name>_history.csv
+    kind: str                    # the checkpoint's model kind (aladin.models.factory)
+    model: nn.Module
+    model_cfg: Any               # saved in the checkpoint, rebuilds the model
+    loss: LossFn
+    train: FeatureStore
+    validate: Callable[[nn.Module], dict[str, float]]
+    optim: OptimConfig
+    seed: int
+    device: torch.device
+    params: dict[str, Any]       # what the run logs to MLflow and keys its resumable checkpoint with
+    tracking: Any
+    on_epoch_start: Callable[[int], None] | None = None
+    summary: Callable[[nn.Module], dict[str, Any]] | None = None   # extra metrics JSON entries, best model
+    pair_order: Callable[[np.random.Generator], np.ndarray] | None = None
+
+
+def train_stage(spec: TrainSpec) -> FitResult | None:
     """The shape of every training stage: fit with a resumable checkpoint under MLflow, then
     (rank 0) models/<name>.pt, metrics/<name>.json, plots/<name>_history.csv and the run's
-    ``best_val_*`` metrics. `summary(model, result)` adds stage-specific entries to the metrics
-    JSON. Returns the FitResult on rank 0, None on the other ranks."""
+    ``best_val_*`` metrics. Returns the FitResult on rank 0, None on the other ranks."""
     from ..models.factory import save_checkpoint
     from ..tracking import mlflow_run
 
     remove_finished_checkpoints()
+    s, name = spec, spec.name
     checkpoints = CHECKPOINTS / name
-    with mlflow_run(name, params, tracking) as run:
+    with mlflow_run(name, s.params, s.tracking) as run:
         t0 = time.perf_counter()
-        result = fit(model, loss_fn, train_store, validate, optim_cfg, seed, device, checkpoints, run=run,
-                     config=params, on_epoch_start=on_epoch_start, pair_order=pair_order)
+        result = fit(s.model, s.loss, s.train, s.validate, s.optim, s.seed, s.device, checkpoints, run=run,
+                     config=s.params, on_epoch_start=s.on_epoch_start, pair_order=s.pair_order)
         train_seconds = time.perf_counter() - t0
         if not distributed.is_main():
             return None
         metrics = {"val": result.best_metrics, "best_epoch": result.best_epoch,
-                   "train_seconds": round(train_seconds, 1), **(summary(model, result) if summary else {})}
+                   "train_seconds": round(train_seconds, 1), **(s.summary(s.model) if s.summary else {})}
         paths = (MODELS / f"{name}.pt", METRICS / f"{name}.json", PLOTS / f"{name}_history.csv")
-        save_checkpoint(paths[0], model.cpu(), kind, model_cfg,
-                        extra={"val": result.best_metrics, "epoch": result.best_epoch, "seed": seed})
+        save_checkpoint(paths[0], s.model.cpu(), s.kind, s.model_cfg,
+                        extra={"val": result.best_metrics, "epoch": result.best_epoch, "seed": s.seed})
         write_json(paths[1], metrics)
         with atomic_path(paths[2]) as tmp:
             pd.DataFrame(result.history).to_csv(tmp, index=False)

@@ -60,7 +60,7 @@ class TripletSchedule:
 
 
 def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
-                      student_temperature: float, teacher_temperature: float = 1.0,
+                      student_temperature: float, teacher_temperature: float,
                       positive_mask: torch.Tensor | None = None) -> torch.Tensor:
     """ListNet-style listwise distillation of a (B, B) pair batch, rows and columns added.
 
