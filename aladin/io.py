@@ -9,6 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
+from .errors import DataError
+
+NPY_MAGIC = b"\x93NUMPY"
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
@@ -46,8 +52,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    from .errors import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -55,3 +59,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """A .npy array, memory-mapped; an empty, truncated or foreign file is a DataError naming it
+    (numpy raises EOFError, or calls a bad header "pickled (object) data")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise DataError(f"{path}: not a NumPy .npy array ({'empty file' if not magic else 'no .npy header'})")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise DataError(f"{path}: unreadable .npy array, truncated or corrupt ({e})") from e

@@ -27,6 +27,7 @@ Pooling = Literal["first", "mean", "attention"]
 Mode = Literal["distill", "distill+triplet", "triplet"]
 Kind = Literal["flat", "hnsw", "ivf_flat", "ivf_pq"]
 KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+Runtime = Literal["torch", "onnx"]     # features.runtime (aladin/features/onnx_runtime.py)
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,7 @@ class FeaturesParams:
     batch_size: int
     num_workers: int             # image decoding processes (0 = in the main process)
     device: str
+    runtime: Runtime             # the backbones' inference runtime: torch (eager) | onnx (ONNX Runtime, CPU)
 
     def validate(self) -> None:
         require(32 <= self.image_size <= 1024, "image_size", f"must be in [32, 1024], got {self.image_size}")
@@ -463,6 +465,14 @@ SECTIONS: dict[str, type] = {
 def load(name: str, path: str | os.PathLike = PARAMS_FILE) -> Any:
     """Section `name` of params.yaml as its dataclass; every key required (see module doc)."""
     return from_dict(SECTIONS[name], section(name, path), name, strict=True)
+
+
+def validate_all(path: str | os.PathLike = PARAMS_FILE) -> None:
+    """Every section and the seed, loaded and checked: the first stage runs this, so that a bad
+    value stops `dvc repro` before DVC deletes a later stage's outputs to re-run it."""
+    seed(path)
+    for name in SECTIONS:
+        load(name, path)
 
 
 def seed(path: str | os.PathLike = PARAMS_FILE) -> int:

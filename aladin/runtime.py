@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
 from typing import Callable
 
@@ -44,11 +45,15 @@ def set_threads(n: int) -> None:
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    # faiss logs each CPU-specific library it fails to load (ModuleNotFoundError ... swigfaiss_avx512)
+    # at INFO before falling back: routine, yet it reads like an error.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def run_stage(main: Callable[[], None]) -> None:
     """Entry point wrapper for stages/*.py: user errors become one line on stderr and exit code 2."""
     setup_logging()
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # stages/__init__.py's covered the imports
     try:
         main()
     except AladinError as e:

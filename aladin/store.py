@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .io import atomic_path, read_json
+from .io import atomic_path, load_array, read_json
 
 FORMAT_VERSION = 1
 ARRAYS = ("regions", "boxes", "region_counts", "tokens", "token_counts", "caption_image")
@@ -149,10 +149,7 @@ class FeatureStore:
             f = self.path / f"{name}.npy"
             if not f.is_file():
                 raise DataError(f"{f}: missing array of the feature store")
-            try:
-                arrays[name] = np.load(f, mmap_mode="r")
-            except ValueError as e:
-                raise DataError(f"{f}: unreadable array ({e})") from e
+            arrays[name] = load_array(f)
         self.regions, self.boxes = arrays["regions"], arrays["boxes"]
         self.region_counts, self.tokens = arrays["region_counts"], arrays["tokens"]
         self.token_counts, self.caption_image = arrays["token_counts"], np.asarray(arrays["caption_image"])

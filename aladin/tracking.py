@@ -2,9 +2,10 @@
 never at the cost of the trained model.
 
 The parent is the row to compare in ``mlflow ui``: it is named after the DVC experiment
-($DVC_EXP_NAME), or ``repro@<commit>`` for a plain ``dvc repro``, and carries every param the
-executed stages read plus the headline test metrics (:meth:`Run.log_headline`); each stage's run
-is nested under it. Stages find their parent by a key (:func:`pipeline_key`): the experiment name
+($DVC_EXP_NAME), or ``repro@<commit>`` for a plain ``dvc repro``, and carries the whole params.yaml,
+flattened (any two experiments compare on any key, ``data.family_size`` too, which no tracked
+stage reads) plus the headline test metrics (:meth:`Run.log_headline`); each stage's run is
+nested under it. Stages find their parent by a key (:func:`pipeline_key`): the experiment name
 or the commit, with a hash of params.yaml, so every stage of one execution shares it.
 
 Store: ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlruns``, where root is $DVC_ROOT
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from . import distributed
-from .config import PARAMS_FILE
+from .config import PARAMS_FILE, load_params
 
 if TYPE_CHECKING:
     from .params import TrackingParams
@@ -171,11 +172,13 @@ def _start(stage: str, params: dict[str, Any], cfg: TrackingParams, uri: str) ->
     else:
         parent_id = client.create_run(exp_id, run_name=name, tags={**tags, "pipeline_key": key,
                                                                    "pipeline": "true"}).info.run_id
+        # params.yaml as written, never a stage's typed copy: MLflow refuses a param logged again
+        # with another spelling (`temperature: 1` in the file is 1.0 in the dataclass).
+        Run(client, parent_id).log_params(load_params())
     run = client.create_run(exp_id, run_name=stage,
                             tags={**tags, "stage": stage, "mlflow.parentRunId": parent_id})
     handle = Run(client, run.info.run_id, parent_id)
     handle.log_params(params)
-    handle.log_params(params, run_id=parent_id)
     return handle
 
 

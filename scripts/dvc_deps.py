@@ -90,6 +90,11 @@ def stage_module(cmd: str) -> str:
     return words[2]
 
 
+def python_stages(stages: dict) -> dict:
+    """The `python -m` stages; a `foreach` stage (dvc.yaml's `external`) runs no code."""
+    return {name: stage for name, stage in stages.items() if "foreach" not in stage}
+
+
 def expected_deps(stage: dict) -> list[str]:
     """The stage's module first, then its other code deps, then its non-code deps as written."""
     module = stage_module(stage["cmd"])
@@ -115,7 +120,7 @@ def _flow(deps: list[str], indent: int) -> str:
 
 def render(text: str) -> str:
     """dvc.yaml's text with every stage's `deps:` replaced, comments and layout otherwise kept."""
-    stages = yaml.safe_load(text)["stages"]
+    stages = python_stages(yaml.safe_load(text)["stages"])
     out = text
     for name, stage in stages.items():
         pattern = re.compile(rf"(^  {re.escape(name)}:\n(?:(?!^  \S).*\n)*?)(^(\s+)deps: \[[^\]]*\])", re.M)
@@ -134,7 +139,7 @@ def main() -> None:
     new = render(text)
     if args.check:
         old, gen = yaml.safe_load(text)["stages"], yaml.safe_load(new)["stages"]
-        stale = [s for s in old if old[s].get("deps") != gen[s].get("deps")]
+        stale = [s for s in old if "cmd" in old[s] and old[s].get("deps") != gen[s].get("deps")]
         if stale:
             print(f"dvc.yaml: deps out of date in {', '.join(stale)}; run python scripts/dvc_deps.py")
             sys.exit(1)

@@ -1,32 +1,53 @@
 """Print the README's results tables (markdown) from the pipeline's versioned metrics.
 
-    python scripts/results_table.py        # after `dvc repro`; paste into README.md
+    python scripts/results_table.py               # after `dvc repro`; paste into README.md
+    python scripts/results_table.py --headline    # the effectiveness table alone (./run.sh ends on it)
 
 Reads metrics/{data,eval,latency,seeds}.json (seeds: scripts/seed_spread.py) and
-plots/latency_scaling.csv, so the README shows exactly what `dvc metrics show` shows.
+plots/latency_scaling.csv, so the README shows exactly what `dvc metrics show` shows. The
+protocols are those eval.json holds: 5K and 1K on the COCO-sized test set, the whole set (`n<N>`)
+on another size.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 
-M = Path("metrics")
+from aladin.evaluation.metrics import full_key
+
 COLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
 
-def load(name: str) -> dict:
-    path = M / f"{name}.json"
+def load(metrics: Path, name: str) -> dict:
+    path = metrics / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def row(name: str, m5: dict, m1: dict, note: str = "", spread: dict | None = None, key: str = "") -> str:
-    cells = [f"{m5[c]:.1f}" for c in COLS]
-    for proto, m in (("5k", m5), ("1k", m1)):
-        f = (spread or {}).get(f"{key}_{proto}_rsum")
+def protocols(ev: dict) -> list[str]:
+    """eval.json's protocol keys, the whole test set first (its R@K are the table's)."""
+    full = full_key(ev["protocol"]["n_images"])
+    return [full] + [k for k in ("1k",) if k in ev["protocol"] and k != full]
+
+
+def label(key: str) -> str:
+    """'5k' -> '5K'; 'n8' -> 'all 8' (a test set of neither protocol's size)."""
+    return key.upper() if key.endswith("k") else f"all {key[1:]}"
+
+
+def size(n: int) -> str:
+    return f"{n // 1000}K" if n % 1000 == 0 else str(n)
+
+
+def row(name: str, metrics: dict, protos: list[str], note: str = "", spread: dict | None = None,
+        key: str = "") -> str:
+    cells = [f"{metrics[protos[0]][c]:.1f}" for c in COLS]
+    for i, proto in enumerate(protos):
+        f, m = (spread or {}).get(f"{key}_{proto}_rsum"), metrics.get(proto)
         cell = f"{f['mean']:.1f} ± {f['std']:.1f}" if f else (f"{m['rsum']:.1f}" if m else "–")
-        cells.append(f"**{cell}**" if proto == "5k" else cell)
+        cells.append(f"**{cell}**" if i == 0 else cell)
     return f"| {name} | " + " | ".join(cells) + f" | {note} |"
 
 
@@ -36,24 +57,25 @@ LEARNED = {"teacher": "teacher (alignment head, MrSw)", "student": "student (dis
 
 
 def effectiveness(ev: dict, data: dict, seeds: dict) -> list[str]:
-    spread = seeds.get("figures", {})
+    spread, protos = seeds.get("figures", {}), protocols(ev)
     n = f" (mean ± std over {seeds['n_seeds']} training seeds)" if seeds else ""
-    out = [f"| model (test set) | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum 5K{n} | rsum 1K | |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    rsums = " | ".join(f"rsum {label(p)}{n if i == 0 else ''}" for i, p in enumerate(protos))
+    out = [f"| model (test set) | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | {rsums} | |",
+           "|---" * (8 + len(protos)) + "|"]
     notes = {"teacher": "exhaustive scoring", "student": f"through the {ev['student'].get('index', '')} index",
              "student_exact": "flat dot products", "student_triplet": "triplet loss only",
              "two_stage": f"student top-{ev['two_stage'].get('rerank_k')} re-ranked by the teacher"}
-    for key, label in LEARNED.items():
+    for key, name in LEARNED.items():
         if key in ev:
-            out.append(row(label, ev[key]["5k"], ev[key].get("1k", {}), notes[key], spread, key))
+            out.append(row(name, ev[key], protos, notes[key], spread, key))
     if "oracle" in ev:
-        out.append(row("oracle (caption parser on the scene records)", ev["oracle"]["5k"], ev["oracle"].get("1k", {}),
+        out.append(row("oracle (caption parser on the scene records)", ev["oracle"], protos,
                        "the ceiling, pessimistic ties"))
-    for key, (label, note) in {"bow_tfidf": ("bag of words (oracle scene words)", "non-learned"),
-                               "colour_histogram": ("colour histogram", "non-learned")}.items():
+    for key, (name, note) in {"bow_tfidf": ("bag of words (oracle scene words)", "non-learned"),
+                              "colour_histogram": ("colour histogram", "non-learned")}.items():
         b = data.get("baselines", {}).get(key)
-        if b:
-            out.append(row(label, b["5k"], b.get("1k", {}), note))
+        if b and protos[0] in b:
+            out.append(row(name, b, protos, note))
     if spread:
         out += ["", "| ratio (5K rsum) | mean ± std | per seed |", "|---|---|---|"]
         for key in ("student_rsum_vs_teacher", "student_triplet_rsum_vs_teacher", "two_stage_rsum_vs_teacher",
@@ -74,8 +96,8 @@ def binding(ev: dict, data: dict, seeds: dict) -> list[str]:
     def cell(key: str, fmt: str) -> str:
         f = spread.get(key)
         return (fmt.format(f["mean"]) + " ± " + fmt.format(f["std"])) if f else fmt.format(summary[key])
-    fam = ev["oracle"]["within_family"]
-    out = [f"| model | within-family t2i R@1 (chance {fam['t2i_family_chance_r1']:.1f}) | t2i R@1+5+10 at 5K "
+    fam, full = ev["oracle"]["within_family"], protocols(ev)[0]
+    out = [f"| model | within-family t2i R@1 (chance {fam['t2i_family_chance_r1']:.1f}) | t2i R@1+5+10 at {label(full)} "
            f"as a fraction of the oracle's |", "|---|---|---|"]
     for key in ("teacher", "student", "student_triplet", "two_stage"):
         out.append(f"| {LEARNED[key]} | {cell(f'{key}_family_r1', '{:.1f}')} | {cell(f'{key}_t2i_vs_oracle', '{:.3f}')} |")
@@ -83,9 +105,9 @@ def binding(ev: dict, data: dict, seeds: dict) -> list[str]:
     bow = data.get("baselines", {}).get("bow_tfidf", {}).get("within_family")
     if bow:
         out.append(f"| bag of words (oracle scene words) | {bow['t2i_family_r1']:.1f} | – |")
-    rt, o5 = ev["oracle"]["t2i_random_ties"], ev["oracle"]["5k"]
+    rt, o5 = ev["oracle"]["t2i_random_ties"], ev["oracle"][full]
     ties = {k: ev[k]["ties"] for k in ("oracle", "teacher", "student_exact") if "ties" in ev[k]}
-    out += ["", f"Oracle text->image at 5K: R@1/5/10 {o5['t2i_r1']:.1f} / {o5['t2i_r5']:.1f} / {o5['t2i_r10']:.1f} "
+    out += ["", f"Oracle text->image at {label(full)}: R@1/5/10 {o5['t2i_r1']:.1f} / {o5['t2i_r5']:.1f} / {o5['t2i_r10']:.1f} "
                 f"with every tied true image ahead (the protocol's rule), {rt['t2i_r1']:.1f} / {rt['t2i_r5']:.1f} / "
                 f"{rt['t2i_r10']:.1f} picking at random among them. Queries with an exact score tie "
                 "(t2i captions / i2t images): "
@@ -102,43 +124,45 @@ def cross_rows(ev: dict) -> list[str]:
                "for every row), with the 95% bootstrap interval of rsum over queries:", "",
            "| model | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum | 95% interval |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for key, label in (("cross_encoder", "cross-encoder, exhaustive"), ("teacher", "teacher, exhaustive"),
+    for key, name in (("cross_encoder", "cross-encoder, exhaustive"), ("teacher", "teacher, exhaustive"),
                        ("student_exact", "student")):
         m = ev[key]["fold0_sampled"]
         lo, hi = m["interval_95"]["rsum"]
-        out.append(f"| {label} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} | "
+        out.append(f"| {name} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} | "
                    f"{lo:.1f} – {hi:.1f} |")
     k = ev["cross_rerank"]["rerank_k"]
     out += ["", f"Re-ranking the student's top {k}, every fold-0 query (5,000 text, 1,000 image):", "",
             "| model | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum |", "|---|---|---|---|---|---|---|---|"]
-    for key, label in (("cross_rerank", "cross-encoder re-ranks"), ("two_stage", "teacher re-ranks"),
+    for key, name in (("cross_rerank", "cross-encoder re-ranks"), ("two_stage", "teacher re-ranks"),
                        ("student", "student alone")):
         m = ev[key]["fold0"]
-        out.append(f"| {label} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} |")
+        out.append(f"| {name} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} |")
     return out
 
 
-def latency(lat: dict, scaling: pd.DataFrame) -> list[str]:
+def latency(lat: dict, scaling: pd.DataFrame, n_test: int) -> list[str]:
     t, im = lat["text"], lat["image"]
 
     def p50(method: str, n: int, query: str = "text") -> str:
         hit = scaling[(scaling.method == method) & (scaling.n_images == n) & (scaling["query"] == query)]
         return f"{hit.p50_ms.iloc[0]:.1f}" if len(hit) else "–"
-    out = ["| per text query, p50 ms (1 thread) | 1K | 5K | 25K* | 100K* |", "|---|---|---|---|---|"]
-    for method, label in (("student_flat_e2e", "student, exact (flat) search"),
-                          ("student_ivf_flat_e2e", "student, IVF-Flat"), ("teacher", "teacher, exhaustive"),
-                          ("cross_encoder", "cross-encoder, exhaustive")):
+    sizes = sorted(int(n) for n in scaling.n_images.unique())
+    out = ["| per text query, p50 ms (1 thread) | " + " | ".join(size(n) + "*" * (n > n_test) for n in sizes)
+           + " |", "|---" * (1 + len(sizes)) + "|"]
+    for method, name in (("student_flat_e2e", "student, exact (flat) search"),
+                         ("student_ivf_flat_e2e", "student, IVF-Flat"), ("teacher", "teacher, exhaustive"),
+                         ("cross_encoder", "cross-encoder, exhaustive")):
         if (scaling.method == method).any():
-            out.append(f"| {label} | " + " | ".join(p50(method, n) for n in (1000, 5000, 25000, 100000)) + " |")
-    out += ["", "| on the 5K test collection | text query p50 / p95 ms | image query p50 / p95 ms |",
+            out.append(f"| {name} | " + " | ".join(p50(method, n) for n in sizes) + " |")
+    out += ["", f"| on the {size(n_test)} test collection | text query p50 / p95 ms | image query p50 / p95 ms |",
             "|---|---|---|"]
-    for key, label in (("encoder_only", "query encoder alone (MiniLM / EfficientNet-Lite0)"),
+    for key, name in (("encoder_only", "query encoder alone (MiniLM / EfficientNet-Lite0)"),
                        ("student", f"student ({t['student'].get('index')} index)"),
                        ("two_stage", f"two-stage (re-rank top-{t['two_stage'].get('rerank_k')})")):
-        out.append(f"| {label} | {t[key]['p50_ms']:.1f} / {t[key]['p95_ms']:.1f} | "
+        out.append(f"| {name} | {t[key]['p50_ms']:.1f} / {t[key]['p95_ms']:.1f} | "
                    f"{im[key]['p50_ms']:.1f} / {im[key]['p95_ms']:.1f} |")
     if "teacher" in im:
-        out.append(f"| teacher, exhaustive | {p50('teacher', 5000)} | {im['teacher']['p50_ms']:.1f} |")
+        out.append(f"| teacher, exhaustive | {p50('teacher', n_test)} | {im['teacher']['p50_ms']:.1f} |")
     out += ["", "| summary | value |", "|---|---|"]
     for k, v in lat["summary"].items():
         if v is not None:
@@ -150,10 +174,24 @@ def latency(lat: dict, scaling: pd.DataFrame) -> list[str]:
 
 
 def main() -> None:
-    ev, data, lat, seeds = load("eval"), load("data"), load("latency"), load("seeds")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--metrics", type=Path, default=Path("metrics"), help="folder of the metrics JSON files")
+    ap.add_argument("--scaling", type=Path, default=Path("plots/latency_scaling.csv"),
+                    help="the latency stage's scaling table")
+    ap.add_argument("--headline", action="store_true",
+                    help="the effectiveness table of this run alone (no seed spread, binding, latency)")
+    args = ap.parse_args()
+    ev = load(args.metrics, "eval")
+    if not ev:
+        raise SystemExit(f"{args.metrics / 'eval.json'}: not found (run `dvc repro` first)")
+    data, lat = load(args.metrics, "data"), load(args.metrics, "latency")
+    if args.headline:
+        print("\n".join(effectiveness(ev, data, {})))
+        return
+    seeds = load(args.metrics, "seeds")
     lines = effectiveness(ev, data, seeds) + [""] + binding(ev, data, seeds) + cross_rows(ev)
-    if lat:
-        lines += [""] + latency(lat, pd.read_csv("plots/latency_scaling.csv"))
+    if lat and args.scaling.is_file():
+        lines += [""] + latency(lat, pd.read_csv(args.scaling), ev["protocol"]["n_images"])
     print("\n".join(lines))
 
 

@@ -19,7 +19,7 @@ from aladin.io import atomic_path, read_json, write_json
 from aladin.latency.cross import cross_encoder_rows
 from aladin.latency.plots import plot_efficiency, plot_report
 from aladin.latency.queries import latency_queries, test_image_files
-from aladin.latency.report import efficiency_points, latency_report
+from aladin.latency.report import efficiency_points, latency_headline, latency_report
 from aladin.latency.system import search_latency
 from aladin.retrieval.retriever import Retriever
 from aladin.runtime import resolve_device, run_stage, set_threads
@@ -63,9 +63,7 @@ def main() -> None:
                     tables["rerank_tradeoff"], PLOTS / "latency.png")
         plot_efficiency(tables["efficiency"], PLOTS / "efficiency.png")
         run.log_metrics({k: v for k, v in report.items() if k != "conventions"})
-        run.log_headline({f"latency_{k}": v for k, v in report["summary"].items() if v is not None}
-                         | {"latency_student_p50_ms": report["text"]["student"]["p50_ms"],
-                            "latency_two_stage_p50_ms": report["text"]["two_stage"]["p50_ms"]})
+        run.log_headline(latency_headline(report))
         for f in (*(f"{name}.csv" for name in tables), "latency.png", "efficiency.png"):
             run.log_artifact(PLOTS / f)
     for name, tgt in report["targets"].items():

@@ -20,7 +20,8 @@ def main() -> None:
     set_threads(cfg.threads)
     store = open_split(FEATURES, "test")
     texts, images = latency_queries(store, test_image_files(store), cfg, params.seed())
-    write_json(OUT, encoder_latency(*store_backbones(store, resolve_device(cfg.device)), texts, images, cfg))
+    text_backbone, vision_backbone = store_backbones(store, resolve_device(cfg.device))
+    write_json(OUT, encoder_latency(text_backbone, vision_backbone, texts, images, cfg))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""params.yaml for tests: the repo's own file with a few keys overridden (every key is required,
-so tests never write partial files), and stage scripts run as the pipeline runs them."""
+"""params.yaml for tests: the pinned defaults (tests/params.yaml, never the workspace's file, which
+`dvc exp run -S` rewrites) with a few keys overridden (every key is required, so tests never write
+partial files), and stage scripts run as the pipeline runs them."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,8 @@ from aladin.config import from_dict
 from aladin.params import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PINNED = ROOT / "tests" / "params.yaml"
+DEFAULTS = yaml.safe_load(PINNED.read_text())
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -23,7 +25,7 @@ def merge(base: dict[str, Any], overrides: dict[str, Any], where: str = "") -> d
     out = copy.deepcopy(base)
     for k, v in overrides.items():
         if k not in out:
-            raise KeyError(f"override {where}{k!r} is not in params.yaml: update the test")
+            raise KeyError(f"override {where}{k!r} is not in {PINNED}: update the test")
         out[k] = merge(out[k], v, f"{where}{k}.") if isinstance(v, dict) and isinstance(out[k], dict) else v
     return out
 

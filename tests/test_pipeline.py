@@ -52,7 +52,7 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
 def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("aladin", "stages", "plots/templates"):
+    for name in ("aladin", "stages", "plots/templates", "inputs"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         if (ROOT / name).exists():
@@ -73,7 +73,7 @@ def test_dvc_pipeline_and_ablation(tmp_path: Path) -> None:
     _run(dvc + ["repro"], repo, env)
     for f in ("data.json", "teacher.json", "student.json", "student_triplet.json", "cross.json", "eval_teacher.json",
               "eval_student_triplet.json", "eval_oracle.json", "eval.json", "latency_encoders.json", "latency_teacher.json",
-              "latency_scaling.json", "latency.json"):
+              "latency_scaling.json", "latency.json", "headline.json"):
         assert (repo / "metrics" / f).is_file(), f
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     assert "teacher" in json.dumps(evaluation) and "student" in json.dumps(evaluation)

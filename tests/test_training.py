@@ -221,3 +221,25 @@ def test_pipeline_key_separates_reused_experiment_names(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("distill: {temperature: 0.05}\n")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "b" * 40)
     assert pipeline_key()[0] != first[0]
+
+
+def test_parent_run_carries_the_whole_params_yaml(tmp_path, monkeypatch):
+    """A data ablation's parent compares on `data.family_size` though no tracked stage reads it."""
+    from mlflow.tracking import MlflowClient
+
+    from aladin.params import TrackingParams
+    from aladin.tracking import mlflow_run
+    from tests._params import write_params
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "fam1")
+    write_params(tmp_path, {"data": {"family_size": 1}, "distill": {"temperature": 1}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_run("distill", {"distill": {"temperature": 1.0}}, TrackingParams(enabled=True, experiment="t"),
+                    tracking_uri=uri) as run:
+        assert run.active
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(run.parent_id).data.params
+    assert parent["data.family_size"] == "1" and parent["teacher.optim.lr"] == "0.001"
+    assert parent["distill.temperature"] == "1"                  # as written, not the stage's 1.0
+    assert client.get_run(run.run_id).data.params["distill.temperature"] == "1.0"

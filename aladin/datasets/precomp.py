@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import load_array
 from ..data.manifest import SPLITS
 from ..params import PrecompConfig
 
@@ -23,10 +24,7 @@ Regions = tuple[np.ndarray, np.ndarray, int]  # (R, D) appearance, (R, 6) boxes,
 def _load_ims(file: Path) -> np.ndarray:
     if not file.is_file():
         raise DataError(f"{file}: precomputed features not found")
-    try:
-        ims = np.load(file, mmap_mode="r")
-    except ValueError as e:
-        raise DataError(f"{file}: unreadable .npy ({e})") from e
+    ims = load_array(file)
     if ims.ndim != 3:
         raise DataError(f"{file}: expected (images, regions, width) features, got shape {ims.shape}")
     return ims

@@ -103,3 +103,11 @@ def efficiency_points(report: dict[str, Any], depths: list[dict[str, Any]], eval
                 {"method": f"cross_rerank_k{k}", "rsum": evaluation["cross_rerank"]["fold0"]["rsum"],
                  "p50_ms": _p50(scaling, "cross_rerank", n), "protocol": "fold0"}]
     return [p for p in pts if p["p50_ms"] is not None]
+
+
+def latency_headline(report: dict[str, Any]) -> dict[str, float]:
+    """The speed figures an experiment is compared by (MLflow parent run, metrics/headline.json):
+    the summary's ratios and the student's and two-stage's p50 per text query."""
+    return ({f"latency_{k}": v for k, v in report["summary"].items() if v is not None}
+            | {"latency_student_p50_ms": report["text"]["student"]["p50_ms"],
+               "latency_two_stage_p50_ms": report["text"]["two_stage"]["p50_ms"]})
