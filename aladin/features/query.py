@@ -15,12 +15,14 @@ from .vision import VisionBackbone, load_vision_backbone, to_pixels
 
 
 def store_backbones(store: FeatureStore, device: torch.device | str) -> tuple[TextBackbone, VisionBackbone]:
-    """The text and vision backbones that extracted `store`, rebuilt from its manifest's params."""
+    """The text and vision backbones that extracted `store`, rebuilt from its manifest's params,
+    on the runtime that extracted it (a query gets the features its stored twin got)."""
     p = store.manifest.get("params", {})
+    runtime = p.get("runtime", "torch")                                     # older stores: eager torch
     try:
-        text = load_text_backbone(p["text_backbone"], p["max_tokens"], device)
+        text = load_text_backbone(p["text_backbone"], p["max_tokens"], device, runtime)
         vision = load_vision_backbone(p["vision_backbone"], p["image_size"], device,
-                                      p.get("efficientnet_blocks", []))     # older stores: the head map
+                                      p.get("efficientnet_blocks", []), runtime)  # older stores: the head map
     except KeyError as e:
         raise DataError(f"{store.path}/manifest.json: params lack {e}, cannot rebuild the backbones") from None
     return text, vision

@@ -18,6 +18,9 @@ Regions are the backbone's spatial cells, standing in for the reference's detect
 
 Boxes are ``[x1, y1, x2, y2, w, h]`` normalised to [0, 1] (the store's layout). Images are squashed
 to ``image_size`` x ``image_size`` (no crop), so the grid covers the whole picture.
+
+The forward pass (normalised pixels -> regions) runs on ``features.runtime``: eager PyTorch, or
+the same module exported to ONNX Runtime (aladin/features/onnx_runtime.py).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from PIL import Image
 from ..data.images import open_image
 from ..errors import ConfigError
 from .hf import from_local
+from .onnx_runtime import compile_module
 
 log = logging.getLogger("aladin")
 
@@ -89,11 +93,18 @@ class VisionBackbone:
         """Normalised (B, 3, S, S) float batch -> (B, R, D) region vectors."""
         raise NotImplementedError
 
+    def set_runtime(self, runtime: str, threads: int | None = None) -> None:
+        """Run `_regions` on `runtime` (torch | onnx) with `threads` (default: torch's count now)."""
+        example = torch.zeros(2, 3, self.image_size, self.image_size, device=self.device)
+        self.runtime = runtime
+        self.forward = compile_module(Regions(self).eval(), runtime, self.device, self.info, (example,), ["pixels"],
+                                      {"pixels": {0: "batch"}}, {"image_size": self.image_size}, threads)
+
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> float32 (B, R, D) on the device."""
         x = (pixels.to(self.device, non_blocking=True).float() - self._mean) / self._std
-        return self._regions(x).float()
+        return self.forward(x).to(self.device).float()
 
     def __call__(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pixels = torch.stack([to_pixels(im, self.image_size) for im in images])
@@ -101,6 +112,17 @@ class VisionBackbone:
         b = len(images)
         boxes = np.broadcast_to(self.boxes, (b, *self.boxes.shape)).copy()
         return regions, boxes, np.full(b, self.n_regions, dtype=np.int32)
+
+
+class Regions(torch.nn.Module):
+    """A backbone's ``_regions`` as a module (its weights included): what both runtimes run."""
+
+    def __init__(self, backbone: VisionBackbone) -> None:
+        super().__init__()
+        self.model, self._backbone = backbone.model, backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._backbone._regions(x)
 
 
 class EfficientNetBackbone(VisionBackbone):
@@ -146,7 +168,9 @@ class EfficientNetBackbone(VisionBackbone):
             for i, block in enumerate(m._blocks[:self.blocks[-1] + 1]):        # later blocks are not needed
                 h = block(h)                                                   # eval: no drop-connect
                 if i in self.blocks:                                           # (B, C_i, S/s_i, S/s_i) -> grid
-                    maps.append(F.adaptive_avg_pool2d(h, self.grid))
+                    # = adaptive pooling (the side, S/s_i, is a multiple of the grid's S/32), and
+                    # exportable to ONNX: the kernel is a constant, not a function of the input.
+                    maps.append(F.avg_pool2d(h, int(h.shape[-1]) // self.grid))
             fmap = torch.cat(maps, dim=1)                                      # (B, sum C_i, S/32, S/32)
         return fmap.flatten(2).transpose(1, 2)                                 # (B, R, D), row-major
 
@@ -209,14 +233,19 @@ def _normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def load_vision_backbone(name_or_path: str, image_size: int, device: torch.device | str,
-                         efficientnet_blocks: Sequence[int] = ()) -> VisionBackbone:
+                         efficientnet_blocks: Sequence[int] = (), runtime: str = "torch",
+                         threads: int | None = None) -> VisionBackbone:
     """'efficientnet-lite0' (regions from `efficientnet_blocks`, see the module docstring) or a local
-    Hugging Face model directory; never touches the network."""
+    Hugging Face model directory, run by `runtime` (torch | onnx) with `threads` (default: torch's
+    count at load time); never touches the network."""
     device = torch.device(device)
     if name_or_path == EFFICIENTNET:
-        return EfficientNetBackbone(image_size, device, efficientnet_blocks)
-    path = Path(name_or_path)
-    if not path.is_dir():
-        raise ConfigError(f"features.vision_backbone: {name_or_path!r} is neither {EFFICIENTNET!r} "
-                          f"nor an existing local model directory")
-    return HFVisionBackbone(path, image_size, device)
+        backbone: VisionBackbone = EfficientNetBackbone(image_size, device, efficientnet_blocks)
+    else:
+        path = Path(name_or_path)
+        if not path.is_dir():
+            raise ConfigError(f"features.vision_backbone: {name_or_path!r} is neither {EFFICIENTNET!r} "
+                              f"nor an existing local model directory")
+        backbone = HFVisionBackbone(path, image_size, device)
+    backbone.set_runtime(runtime, threads)
+    return backbone
