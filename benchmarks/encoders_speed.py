@@ -25,44 +25,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from aladin.features import image_batch, load_text_backbone, load_vision_backbone, text_batch
 from aladin.features.extract import caption_windows
 from aladin.features.onnx_runtime import OnnxFunction
+from aladin.data.generate import sample_scenes
 from aladin.features.text import TextBackbone
 from aladin.features.vision import VisionBackbone, to_pixels
 from aladin.latency.timing import summarize_ms, time_calls
 from aladin.runtime import set_threads
-
-COLORS = ["red", "green", "blue", "yellow", "purple", "cyan", "gray", "brown"]
-SHAPES = ["cube", "sphere", "cylinder", "cone"]
-RELATIONS = ["left of", "right of", "behind", "in front of", "near"]
-
-
-def synthetic(n_images: int, n_captions: int, side: int) -> tuple[list[Image.Image], list[str]]:
-    """Scene-like images (coloured shapes on a plain background) and template captions of varied length."""
-    rng = np.random.default_rng(0)
-    images = []
-    for _ in range(n_images):
-        im = Image.new("RGB", (side, side), tuple(int(c) for c in rng.integers(60, 200, 3)))
-        draw = ImageDraw.Draw(im)
-        for _ in range(rng.integers(2, 6)):
-            x, y = rng.integers(0, side - 24, 2)
-            s = int(rng.integers(12, 40))
-            box = [int(x), int(y), int(x) + s, int(y) + s]
-            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-        images.append(im)
-
-    def thing() -> str:
-        return f"a {rng.choice(['small', 'big', 'shiny'])} {rng.choice(COLORS)} {rng.choice(SHAPES)}"
-
-    captions = [" ".join([thing()] + [f"{rng.choice(RELATIONS)} {thing()}" for _ in range(rng.integers(0, 4))])
-                for _ in range(n_captions)]
-    return images, captions
 
 
 def int8(backbone: TextBackbone, folder: Path) -> None:
@@ -118,7 +90,8 @@ def main() -> None:
 
     runtimes = ["torch", "onnx"] + (["onnx-int8"] if args.int8 else [])
     by_modality = {"text": runtimes, "image": ["torch", "onnx"]}
-    images, captions = synthetic(args.images, args.captions, 2 * args.image_size)
+    images, captions = sample_scenes(max(args.images, args.captions), 2 * args.image_size)
+    images = images[:args.images]
     rows: dict[str, dict[str, Any]] = {r: {} for r in runtimes}
     with tempfile.TemporaryDirectory() as tmp:
         # -- per query, 1 thread: the search engine's path ----------------------------------------

@@ -20,42 +20,15 @@ from typing import Callable
 os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported; the stage's bars would drown the figures
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 
 from aladin import params
+from aladin.data.generate import sample_scenes
 from aladin.features import load_text_backbone, load_vision_backbone
 from aladin.features.extract import caption_windows, extract_captions, extract_images
 from aladin.features.vision import load_pixels
 from aladin.runtime import resolve_device, set_threads
 from aladin.store import StoreWriter
-
-COLORS = ["red", "green", "blue", "yellow", "purple", "cyan", "gray", "brown"]
-SHAPES = ["cube", "sphere", "cylinder", "cone"]
-
-
-def synthetic_data(folder: Path, n_images: int, n_captions: int, side: int) -> tuple[list[Path], list[str]]:
-    """Scene-like PNGs (a few coloured shapes on a plain background) and template captions."""
-    rng = np.random.default_rng(0)
-    files = []
-    for i in range(n_images):
-        im = Image.new("RGB", (side, side), tuple(int(v) for v in rng.integers(150, 256, 3)))
-        draw = ImageDraw.Draw(im)
-        for _ in range(rng.integers(1, 5)):
-            x, y, r = *rng.integers(0, side, 2), int(rng.integers(side // 12, side // 4))
-            box = [x - r, y - r, x + r, y + r]
-            fill = COLORS[rng.integers(len(COLORS))]
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-        files.append(folder / f"{i}.png")
-        im.save(files[-1])
-    captions = []
-    for _ in range(n_captions):
-        words = ["a"]
-        for k in range(rng.integers(1, 4)):
-            words += ([] if k == 0 else ["and", "a"]) + [str(rng.choice(["small", "large"])),
-                                                         str(rng.choice(COLORS)), str(rng.choice(SHAPES))]
-        captions.append(" ".join(words + ["on a plain background"]))
-    return files, captions
 
 
 def best_times(fns: dict[str, Callable[[], None]], rounds: int, sync: Callable[[], None]) -> dict[str, float]:
@@ -91,7 +64,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files, captions = synthetic_data(tmp, args.images, args.captions, args.image_size)
+        images, captions = sample_scenes(max(args.images, args.captions), args.image_size)
+        files = [tmp / f"{i}.png" for i in range(args.images)]
+        for im, file in zip(images, files):
+            im.save(file)
         bs = args.batch_size
 
         # Bare inputs, prepared outside the timed region.

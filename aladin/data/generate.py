@@ -23,6 +23,8 @@ from .render import render
 from .scenes import Scene, sample_split
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from ..params import DataParams
 
 log = logging.getLogger("aladin")
@@ -55,6 +57,14 @@ def generate(out_dir: Path, cfg: DataParams) -> tuple[list[ImageRecord], list[di
         for _ in tqdm(done, total=len(jobs), desc="data: render", unit="img", mininterval=2):
             pass
     return images, records
+
+
+def sample_scenes(n: int, image_size: int, seed: int = 0) -> tuple[list["Image.Image"], list[str]]:
+    """`n` rendered scenes and one caption each, in memory: realistic inputs for benchmarks and
+    tests that need images and captions but not a dataset on disk."""
+    rng = random.Random(f"sample/{seed}")
+    scenes = sample_split(rng, "sample", n, family_size=1)
+    return [render(s, image_size) for s in scenes], [captions_for(s, rng, 1)[0] for s in scenes]
 
 
 def write_scenes(path: Path, records: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import faiss
 import numpy as np
 import torch
 from PIL import Image
@@ -110,31 +111,33 @@ class Retriever:
         return self.teacher.score(img, img_mask, txt, txt_mask)[0].float().cpu().numpy()
 
     # -- search ------------------------------------------------------------------------------------
+    def _search(self, batch: Batch, emb: np.ndarray, index: faiss.Index, k: int, rerank_k: int | None,
+                teacher_scores: Callable[[Batch, int, np.ndarray], np.ndarray],
+                hit: Callable[[int, int, float], Hit]) -> list[list[Hit]]:
+        """Top-k of each query row through `index`, the student's top `rerank_k` re-ordered by
+        `teacher_scores(batch, row, candidates)` when `rerank_k` is set; `hit(rank, id, score)`."""
+        scores, ids = search(index, emb, max(k, rerank_k or 0))
+        out = []
+        for row in range(len(emb)):
+            rescore = (lambda i, row=row: teacher_scores(batch, row, i)) if rerank_k else None
+            s, i = ranked(scores[row], ids[row], k, rescore)
+            out.append([hit(r + 1, int(j), float(v)) for r, (j, v) in enumerate(zip(i, s))])
+        return out
+
     def search_texts(self, queries: Sequence[str], k: int = 10, rerank_k: int | None = None) -> list[list[Hit]]:
         """Ranked images for each caption query; `rerank_k`: the teacher re-orders the student's
         top `rerank_k` (None: the student's order)."""
-        batch, emb = self.encode_texts(queries)
-        scores, ids = search(self.index.images, emb, max(k, rerank_k or 0))
-        out = []
-        for row in range(len(queries)):
-            rescore = (lambda i, row=row: self.teacher_scores_images(batch, row, i)) if rerank_k else None
-            s, i = ranked(scores[row], ids[row], k, rescore)
-            out.append([Hit(r + 1, int(j), self.store.image_ids[j], float(v), file=self.store.image_files[j])
-                        for r, (j, v) in enumerate(zip(i, s))])
-        return out
+        store = self.store
+        return self._search(*self.encode_texts(queries), self.index.images, k, rerank_k, self.teacher_scores_images,
+                            lambda r, j, v: Hit(r, j, store.image_ids[j], v, file=store.image_files[j]))
 
     def search_images(self, images: Sequence[Image.Image], k: int = 10,
                       rerank_k: int | None = None) -> list[list[Hit]]:
         """Ranked captions for each image query (`rerank_k` as in :meth:`search_texts`)."""
-        batch, emb = self.encode_images(images)
-        scores, ids = search(self.index.captions, emb, max(k, rerank_k or 0))
-        out = []
-        for row in range(len(images)):
-            rescore = (lambda i, row=row: self.teacher_scores_captions(batch, row, i)) if rerank_k else None
-            s, i = ranked(scores[row], ids[row], k, rescore)
-            out.append([Hit(r + 1, int(j), self.store.image_ids[self.store.caption_image[j]], float(v),
-                            text=self.store.captions[j]) for r, (j, v) in enumerate(zip(i, s))])
-        return out
+        store = self.store
+        return self._search(*self.encode_images(images), self.index.captions, k, rerank_k,
+                            self.teacher_scores_captions,
+                            lambda r, j, v: Hit(r, j, store.image_ids[store.caption_image[j]], v, text=store.captions[j]))
 
     def search_text(self, query: str, k: int = 10, rerank_k: int | None = None) -> list[Hit]:
         return self.search_texts([query], k, rerank_k)[0]
