@@ -12,7 +12,7 @@ STAMP=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$STAMP" ]; then
     echo "[bootstrap] installing aladin and its dependencies (CPU torch)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test,ray]"
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi

@@ -9,6 +9,7 @@ drives it through the system chromedriver, so nothing is downloaded by a browser
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -47,18 +49,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    """The documented command, on loopback; yields (base url, pipeline root)."""
-    root = shared_tiny_pipeline()
+@contextlib.contextmanager
+def serving(root: Path, *args: str, timeout: float = 180) -> Iterator[str]:
+    """`aladin-search serve --root root *args` in its own process on a free loopback port, until
+    /health answers; yields the base URL, stops the process after."""
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "aladin.search.cli", "serve", "--root", str(root),
-                             "--host", HOST, "--port", str(port), "--index", "flat", "--index", "hnsw",
-                             "--concurrency", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--host", HOST, "--port", str(port), *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + timeout
         while True:
             if proc.poll() is not None or time.time() > deadline:
                 log.seek(0)
@@ -70,7 +71,7 @@ def server():
                     break
             except OSError:
                 time.sleep(0.3)
-        yield f"http://{HOST}:{port}", root
+        yield f"http://{HOST}:{port}"
     finally:
         proc.terminate()
         try:
@@ -78,6 +79,14 @@ def server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The documented command, on loopback; yields (base url, pipeline root)."""
+    root = shared_tiny_pipeline()
+    with serving(root, "--index", "flat", "--index", "hnsw", "--concurrency", "2") as url:
+        yield url, root
 
 
 @pytest.fixture(scope="module")

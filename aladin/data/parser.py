@@ -138,6 +138,19 @@ def lex(text: str) -> list[tuple]:
     return items
 
 
+def unknown_words(text: str) -> list[str]:
+    """The words of `text` that no phrase of the scenes' language covers (what a model trained on
+    them has never seen), in order, each once; [] when every word is known."""
+    toks = re.findall(r"[a-z]+(?:['-][a-z]+)*|[^a-z\s,;:.]+", text.lower())
+    unknown, i = [], 0
+    while i < len(toks):
+        n = next((n for n in range(min(LONGEST, len(toks) - i), 0, -1) if tuple(toks[i:i + n]) in PHRASES), 0)
+        if not n:
+            unknown.append(toks[i])
+        i += max(n, 1)
+    return list(dict.fromkeys(unknown))
+
+
 def chunk(items: list[tuple]) -> list[tuple]:
     """Group determiner/number + adjectives + noun + post-modifiers into ("np", desc, count)."""
     out, i = [], 0

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.parser import unknown_words
 from ..errors import AladinError, ConfigError
 from ..retrieval.index import KINDS
 from ..retrieval.retriever import Hit, Retriever
@@ -45,6 +46,10 @@ class Limits:
 # The formats a query image may come in: what browsers and phones send, all decoded by Pillow.
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
 
+# Queries in the embedded scenes' words (the page offers them; tests parse them with the caption parser).
+EXAMPLES = ("a small red square to the left of a blue circle", "two green triangles",
+            "a striped yellow star in the top left corner", "a big purple diamond above a white cross")
+
 
 def check_text(query: str, limits: Limits = Limits()) -> str:
     """The stripped query, or QueryError when it is empty or too long."""
@@ -68,31 +73,77 @@ def with_index_kind(retriever: Retriever, kind: str) -> Retriever:
     return view
 
 
-class SearchEngine:
-    """Named index views of one collection, with validation and bounded concurrency.
+class EngineBase:
+    """What every search engine shares: limits, query validation, image decoding, bounded
+    concurrency, and the vocabulary note for models trained on the embedded scenes.
 
     `concurrency` caps the queries that run at once (the rest wait): with torch using
     ``threads`` intra-op threads per query, ``concurrency * threads`` should not exceed the
     cores, or concurrent queries slow each other down.
     """
 
+    def __init__(self, limits: Limits, concurrency: int, scenes_vocabulary: bool) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency: must be >= 1, got {concurrency}")
+        self.limits = limits
+        self.concurrency = concurrency
+        self.scenes_vocabulary = scenes_vocabulary      # the student learnt the scenes' words only
+        self._slots = threading.BoundedSemaphore(concurrency)
+
+    def check_text(self, query: str) -> str:
+        return check_text(query, self.limits)
+
+    def unknown_words(self, query: str) -> list[str]:
+        """Words of `query` the scenes' caption grammar does not know (only for scenes-trained models)."""
+        return unknown_words(query) if self.scenes_vocabulary else []
+
+    def examples(self) -> list[str]:
+        return list(EXAMPLES) if self.scenes_vocabulary else []
+
+    def decode_image(self, data: bytes, name: str = "file") -> Image.Image:
+        return decode_upload(data, self.limits, name)
+
+
+def decode_upload(data: bytes, limits: Limits, name: str = "file") -> Image.Image:
+    """Uploaded bytes -> RGB image, or QueryError (empty, too large, not an image, bomb)."""
+    if not data:
+        raise QueryError(f"{name}: the uploaded file is empty")
+    if len(data) > limits.max_upload_bytes:
+        raise QueryError(f"{name}: larger than the {limits.max_upload_bytes} bytes allowed", 413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > limits.max_image_pixels:
+                raise QueryError(f"{name}: {w}x{h} pixels, at most {limits.max_image_pixels} allowed", 413)
+            img.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise QueryError(f"{name}: too many pixels ({e})", 413) from None
+    except Image.UnidentifiedImageError:      # its message is the repr of our BytesIO
+        raise QueryError(f"{name}: not a readable image (unknown format); accepted: "
+                         f"{', '.join(IMAGE_TYPES)}", 415) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise QueryError(f"{name}: not a readable image ({e}); accepted: {', '.join(IMAGE_TYPES)}", 415) from None
+    return img.convert("RGB")
+
+
+class SearchEngine(EngineBase):
+    """Named index views of the pipeline's test split, with validation and bounded concurrency."""
+
     def __init__(self, retrievers: dict[str, Retriever], default_index: str | None = None,
                  root: str | Path = ".", limits: Limits = Limits(), concurrency: int = 1, *,
                  rerank_k: int) -> None:
         if not retrievers:
             raise ConfigError("search engine: no index to serve")
-        if concurrency < 1:
-            raise ConfigError(f"--concurrency: must be >= 1, got {concurrency}")
+        store = next(iter(retrievers.values())).store
+        super().__init__(limits, concurrency, store.manifest.get("dataset") == "scenes")
         self.retrievers = retrievers
         self.default_index = default_index or next(iter(retrievers))
         if self.default_index not in retrievers:
             raise ConfigError(f"--index: default {self.default_index!r} is not among {list(retrievers)}")
         self.root = Path(root)
-        self.limits = limits
-        self.concurrency = concurrency
         self.rerank_k = rerank_k                 # student candidates the teacher re-orders
-        self._slots = threading.BoundedSemaphore(concurrency)
-        store = next(iter(retrievers.values())).store
         self.store = store
         # Captions are ordered image by image: image i owns rows [starts[i], starts[i + 1]).
         self._caption_starts = np.searchsorted(store.caption_image, np.arange(store.n_images + 1))
@@ -111,32 +162,6 @@ class SearchEngine:
         if rerank and retriever.teacher is None:
             raise QueryError("rerank: re-ranking needs the teacher, and this service was started without one")
 
-    def check_text(self, query: str) -> str:
-        return check_text(query, self.limits)
-
-    def decode_image(self, data: bytes, name: str = "file") -> Image.Image:
-        """Uploaded bytes -> RGB image, or QueryError (empty, too large, not an image, bomb)."""
-        if not data:
-            raise QueryError(f"{name}: the uploaded file is empty")
-        if len(data) > self.limits.max_upload_bytes:
-            raise QueryError(f"{name}: larger than the {self.limits.max_upload_bytes} bytes allowed", 413)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                w, h = img.size
-                if w * h > self.limits.max_image_pixels:
-                    raise QueryError(f"{name}: {w}x{h} pixels, at most {self.limits.max_image_pixels} allowed", 413)
-                img.load()
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise QueryError(f"{name}: too many pixels ({e})", 413) from None
-        except Image.UnidentifiedImageError:      # its message is the repr of our BytesIO
-            raise QueryError(f"{name}: not a readable image (unknown format); accepted: "
-                             f"{', '.join(IMAGE_TYPES)}", 415) from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise QueryError(f"{name}: not a readable image ({e}); accepted: {', '.join(IMAGE_TYPES)}", 415) from None
-        return img.convert("RGB")
-
     # -- search -------------------------------------------------------------------------------
     def search_text(self, query: str, k: int = 10, rerank: bool = False, index: str | None = None) -> dict[str, Any]:
         """Text -> images: the top-k images with scores, files and their captions."""
@@ -144,7 +169,8 @@ class SearchEngine:
         r = self._retriever(index)
         self._check(k, rerank, r, self.store.n_images)
         hits, ms = self._run(r.search_text, q, k, rerank)
-        return self._result(q, k, rerank, index, ms, [self._image_hit(h) for h in hits])
+        return {**self._result(q, k, rerank, index, ms, [self._image_hit(h) for h in hits]),
+                "unknown_words": self.unknown_words(q)}
 
     def search_image(self, image: Image.Image, k: int = 10, rerank: bool = False,
                      index: str | None = None, name: str = "") -> dict[str, Any]:
@@ -189,8 +215,12 @@ class SearchEngine:
             raise QueryError(f"image: file of image {image} not found", 404)
         return f
 
+    def thumbnail(self, path: str) -> bytes:
+        raise QueryError("path: this service serves the pipeline's test split, whose images are at /images/{i}; "
+                         "start it with --collection NAME to search your own images", 404)
+
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "indexes": list(self.retrievers), "default_index": self.default_index,
+        return {"status": "ok", "collection": None, "examples": self.examples(), "indexes": list(self.retrievers), "default_index": self.default_index,
                 "n_images": self.store.n_images, "n_captions": self.store.n_captions,
                 "rerank_available": next(iter(self.retrievers.values())).teacher is not None,
                 "max_k": self.limits.max_k, "max_query_chars": self.limits.max_query_chars,

@@ -4,7 +4,11 @@
     GET  /health                collection size, index kinds, limits, whether re-ranking is on
     GET  /api/search/text       ?q=...&k=10&rerank=false&index=<kind>   text -> images
     POST /api/search/image      ?k=10&rerank=false&index=<kind>, multipart field `file`   image -> captions
-    GET  /images/{i}            the file of collection image i (thumbnails of the results)
+                                (on a collection: image -> similar images)
+    GET  /images/{i}            the file of test-split image i (thumbnails of the results)
+    GET  /files/{path}          a thumbnail of a collection's file (only files inside its root)
+    GET  /openapi.json          the API schema (no /docs page: it loads its script from a CDN,
+                                which leaves it blank offline)
 
 The engine (models and index, loaded once) is injected: ``create_app(engine)``. Endpoints are
 plain ``def``: FastAPI runs them in its threadpool, so queries are answered concurrently while
@@ -19,19 +23,19 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from ..errors import AladinError
-from .engine import QueryError, SearchEngine
+from .engine import EngineBase, QueryError
 
 PAGE = resources.files(__package__).joinpath("static/index.html")
 
 
-def get_engine(request: Request) -> SearchEngine:
+def get_engine(request: Request) -> EngineBase:
     return request.app.state.engine
 
 
-Engine = Annotated[SearchEngine, Depends(get_engine)]
+Engine = Annotated[EngineBase, Depends(get_engine)]
 K = Annotated[int, Query(description="number of results")]
 Rerank = Annotated[bool, Query(description="re-rank the student's candidates with the teacher")]
 Index = Annotated[str | None, Query(description="index kind (see /health); default: the service's default")]
@@ -72,8 +76,9 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(engine: SearchEngine) -> FastAPI:
-    app = FastAPI(title="ALADIN search", version="0.1.0",
+def create_app(engine: EngineBase) -> FastAPI:
+    # docs_url/redoc_url off: Swagger UI and ReDoc load their JavaScript from a CDN (blank offline).
+    app = FastAPI(title="ALADIN search", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Cross-modal search: distilled student + faiss, optional teacher re-ranking.")
     app.state.engine = engine
     app.add_middleware(UploadLimit, max_file_bytes=engine.limits.max_upload_bytes)
@@ -114,5 +119,9 @@ def create_app(engine: SearchEngine) -> FastAPI:
     @app.get("/images/{image}", include_in_schema=False)
     def image_file(engine: Engine, image: int) -> FileResponse:
         return FileResponse(engine.image_file(image), headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/files/{path:path}", include_in_schema=False)
+    def collection_file(engine: Engine, path: str) -> Response:
+        return Response(engine.thumbnail(path), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     return app
