@@ -2,6 +2,11 @@
 
     python scripts/results_table.py               # after `dvc repro`; paste into README.md
     python scripts/results_table.py --headline    # the effectiveness table alone (./run.sh ends on it)
+    python scripts/results_table.py --update README.md docs/RESULTS.md docs/SPEED.md
+
+--update rewrites, in each file, every block between ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->`` with section NAME (effectiveness, binding, latency) rendered from the
+metrics; tests/test_docs.py fails when a committed block differs from its rendering.
 
 Reads metrics/{data,eval,latency,seeds}.json (seeds: scripts/seed_spread.py) and
 plots/latency_scaling.csv, so the README shows exactly what `dvc metrics show` shows. The
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -173,6 +179,30 @@ def latency(lat: dict, scaling: pd.DataFrame, n_test: int) -> list[str]:
     return out
 
 
+def sections(metrics: Path, scaling: Path) -> dict[str, list[str]]:
+    """Every table the docs show, by name, rendered from the metrics in `metrics`."""
+    ev = load(metrics, "eval")
+    if not ev:
+        raise SystemExit(f"{metrics / 'eval.json'}: not found (run `dvc repro` first)")
+    data, lat, seeds = load(metrics, "data"), load(metrics, "latency"), load(metrics, "seeds")
+    out = {"effectiveness": effectiveness(ev, data, seeds), "binding": binding(ev, data, seeds) + cross_rows(ev)}
+    if lat and scaling.is_file():
+        out["latency"] = latency(lat, pd.read_csv(scaling), ev["protocol"]["n_images"])
+    return out
+
+
+BLOCK = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def render_blocks(text: str, tables: dict[str, list[str]]) -> str:
+    """`text` with every results block replaced by its section's rendering."""
+    def fill(m: re.Match) -> str:
+        if m.group(2) not in tables:
+            raise SystemExit(f"results block {m.group(2)!r}: no such section ({', '.join(tables)})")
+        return m.group(1) + "\n".join(tables[m.group(2)]) + "\n" + m.group(4)
+    return BLOCK.sub(fill, text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--metrics", type=Path, default=Path("metrics"), help="folder of the metrics JSON files")
@@ -180,19 +210,21 @@ def main() -> None:
                     help="the latency stage's scaling table")
     ap.add_argument("--headline", action="store_true",
                     help="the effectiveness table of this run alone (no seed spread, binding, latency)")
+    ap.add_argument("--update", nargs="+", type=Path, metavar="FILE",
+                    help="rewrite the results blocks of these markdown files in place")
     args = ap.parse_args()
-    ev = load(args.metrics, "eval")
-    if not ev:
-        raise SystemExit(f"{args.metrics / 'eval.json'}: not found (run `dvc repro` first)")
-    data, lat = load(args.metrics, "data"), load(args.metrics, "latency")
     if args.headline:
-        print("\n".join(effectiveness(ev, data, {})))
+        ev = load(args.metrics, "eval")
+        if not ev:
+            raise SystemExit(f"{args.metrics / 'eval.json'}: not found (run `dvc repro` first)")
+        print("\n".join(effectiveness(ev, load(args.metrics, "data"), {})))
         return
-    seeds = load(args.metrics, "seeds")
-    lines = effectiveness(ev, data, seeds) + [""] + binding(ev, data, seeds) + cross_rows(ev)
-    if lat and args.scaling.is_file():
-        lines += [""] + latency(lat, pd.read_csv(args.scaling), ev["protocol"]["n_images"])
-    print("\n".join(lines))
+    tables = sections(args.metrics, args.scaling)
+    if args.update:
+        for path in args.update:
+            path.write_text(render_blocks(path.read_text(), tables))
+        return
+    print("\n\n".join("\n".join(lines) for lines in tables.values()))
 
 
 if __name__ == "__main__":

@@ -36,3 +36,29 @@ def test_relative_links_exist(path):
 def test_parse_rejects_words_outside_the_scenes_language():
     with pytest.raises(ValueError, match="cube"):
         parse("a red cube to the left of a blue ball")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_results_blocks_are_the_committed_metrics(path):
+    """Every `<!-- results:NAME -->` block is what scripts/results_table.py renders from metrics/."""
+    from scripts.results_table import render_blocks, sections
+
+    text = path.read_text()
+    tables = sections(ROOT / "metrics", ROOT / "plots" / "latency_scaling.csv")
+    assert render_blocks(text, tables) == text, \
+        f"{path.name}: results tables differ from metrics/; run python scripts/results_table.py --update {path.name}"
+
+
+def test_render_blocks_on_a_hand_built_case():
+    from scripts.results_table import render_blocks
+
+    text = "a\n<!-- results:t -->\nold\n<!-- /results:t -->\nb\n"
+    assert render_blocks(text, {"t": ["x", "y"]}) == "a\n<!-- results:t -->\nx\ny\n<!-- /results:t -->\nb\n"
+
+
+def test_code_map_names_every_package_folder():
+    """docs/CONTRACTS.md's layer table and the README name every folder of the package."""
+    contracts, readme = (ROOT / "docs" / "CONTRACTS.md").read_text(), (ROOT / "README.md").read_text()
+    folders = sorted(p.name for p in (ROOT / "aladin").iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert [f for f in folders if f"aladin/{f}/" not in contracts] == []
+    assert [f for f in folders if f"`{f}`" not in readme and f"aladin/{f}" not in readme] == []
