@@ -93,3 +93,41 @@ def test_import_resolution_on_a_hand_built_case(tmp_path: Path) -> None:
                                 (3, "aladin.params")]
     finally:
         ROOT = old
+
+
+def _defined(module_file: Path) -> set[str]:
+    """Top-level names a module defines or imports (what `from module import name` can take)."""
+    tree = ast.parse(module_file.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def test_every_imported_name_exists():
+    """`from aladin.x import name` anywhere in the code (lazy imports inside functions included)
+    names something aladin.x defines: a moved function cannot leave a stale import behind."""
+    missing = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "stages").glob("*.py")]):
+        here = list(path.relative_to(ROOT).with_suffix("").parts[:-1])     # the package `path` is in
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = here[: len(here) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            if not mod.startswith("aladin"):
+                continue
+            target = ROOT.joinpath(*mod.split("."))
+            file = target.with_suffix(".py") if target.with_suffix(".py").is_file() else target / "__init__.py"
+            defined = _defined(file)
+            for a in node.names:
+                if a.name not in defined and not (target / f"{a.name}.py").is_file() and not (target / a.name).is_dir():
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {mod} has no {a.name}")
+    assert missing == []

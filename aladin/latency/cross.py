@@ -55,8 +55,6 @@ def cross_encoder_rows(retr: Retriever, model: torch.nn.Module, texts: Sequence[
     Real test images only (sizes past the test set are skipped): its cost is one transformer
     pass per pair, so a fixed sample of `cross_queries` queries is timed.
     """
-    from ..evaluation.cross import text_search_fn
-
     store, queries, rows = retr.store, texts[:cfg.cross_queries], []
     device = next(model.parameters()).device
     for n in sorted(n for n in set(cfg.cross_sizes) if n <= store.n_images):
