@@ -45,6 +45,12 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write `data` to `path` (a reader sees the old file or the whole new one)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as pretty JSON (sorted keys keep diffs readable)."""
     with atomic_path(path) as tmp:

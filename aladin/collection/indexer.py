@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from ..io import write_bytes
 from ..errors import ConfigError, DataError
 from . import build, shards
 from .encoder import ModelSpec
@@ -192,6 +193,6 @@ def _write_index(folder: Path, entries: list[dict[str, Any]], spec: ModelSpec, o
                          .encode()).hexdigest()[:24]
     name = f"index-{key}.faiss"
     if not (folder / name).is_file():
-        shards.atomic_write(folder / name, faiss.serialize_index(index).tobytes())
+        write_bytes(folder / name, faiss.serialize_index(index).tobytes())
     return {**plan.to_dict(), "file": name}
 

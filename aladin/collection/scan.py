@@ -9,19 +9,18 @@ with either engine, whatever else is added or removed.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from ..data.images import ImageRejected, decode_bytes
 from ..errors import ConfigError
 
 # The formats the search service accepts for an uploaded query (engine.IMAGE_TYPES), as Pillow
 # names them; MPO is the multi-picture JPEG that phone cameras write.
-FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
@@ -159,19 +158,12 @@ def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
     """Bytes -> RGB image, or :class:`Rejected` saying why (not an image, a format the service does
     not accept, too many pixels, truncated or corrupt)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in FORMATS:
-                raise Rejected(f"format {img.format} not accepted (accepted: {', '.join(sorted(FORMATS))})")
-            w, h = img.size
-            if w * h > limits.max_pixels:
-                raise Rejected(f"too many pixels: {w}x{h}, limit {limits.max_pixels}")
-            img.load()
-            return img.convert("RGB")
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise Rejected(f"too many pixels ({e})") from None
-    except Image.UnidentifiedImageError:
-        raise Rejected("not an image (unknown format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise Rejected(f"truncated or corrupt ({e})") from None
+        return decode_bytes(data, limits.max_pixels, FORMATS)
+    except ImageRejected as e:
+        if e.kind == "format":
+            raise Rejected(e.detail) from None
+        if e.kind == "pixels":
+            raise Rejected(f"too many pixels: {e.size[0]}x{e.size[1]}, limit {limits.max_pixels}" if e.size
+                           else f"too many pixels ({e.detail})") from None
+        raise Rejected("not an image (unknown format)" if e.detail == "unknown format"
+                       else f"truncated or corrupt ({e.detail})") from None

@@ -8,7 +8,7 @@
       shards/<key>.json          the chunk's files and their rows / skip reasons: written LAST
       index-<key>.faiss          the faiss index over the committed files (ids = file ids)
 
-Every file is written to a temporary sibling, fsynced and renamed. A shard counts only once its
+Every file is written to a temporary sibling and renamed (aladin.io). A shard counts only once its
 .json exists; the manifest is renamed into place after the shards and the index it names, so a
 crash at any point leaves the previous manifest intact, and the files it names. Shard keys hash
 the model spec and the chunk's (path, size, mtime): a restarted run plans the same chunks and
@@ -23,34 +23,18 @@ import fcntl
 import hashlib
 import io
 import json
-import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import AladinError, DataError
-from ..io import load_array, read_json
+from ..io import load_array, read_json, write_bytes
 from .scan import FileStat
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """`data` at `path`, all or nothing (temp file, fsync, rename, fsync of the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -68,11 +52,11 @@ def write_shard(folder: Path, key: str, files: list[dict[str, Any]], emb: np.nda
                 tokens: np.ndarray | None) -> None:
     """One chunk: arrays first, its .json (which makes it count) last."""
     shards = folder / "shards"
-    atomic_write(shards / f"{key}.npy", npy_bytes(np.ascontiguousarray(emb, np.float32)))
+    write_bytes(shards / f"{key}.npy", npy_bytes(np.ascontiguousarray(emb, np.float32)))
     if tokens is not None:
-        atomic_write(shards / f"{key}.tokens.npy", npy_bytes(np.ascontiguousarray(tokens, np.float16)))
+        write_bytes(shards / f"{key}.tokens.npy", npy_bytes(np.ascontiguousarray(tokens, np.float16)))
     meta = {"format_version": FORMAT_VERSION, "n": int(len(emb)), "tokens": tokens is not None, "files": files}
-    atomic_write(shards / f"{key}.json", json.dumps(meta).encode())
+    write_bytes(shards / f"{key}.json", json.dumps(meta).encode())
 
 
 def read_shard(folder: Path, key: str) -> dict[str, Any] | None:
@@ -100,7 +84,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def commit(folder: Path, manifest: dict[str, Any]) -> None:
-    atomic_write(folder / MANIFEST, (json.dumps(manifest, sort_keys=True) + "\n").encode())
+    write_bytes(folder / MANIFEST, (json.dumps(manifest, sort_keys=True) + "\n").encode())
 
 
 def collect_garbage(folder: Path, manifest: dict[str, Any]) -> int:
@@ -108,9 +92,12 @@ def collect_garbage(folder: Path, manifest: dict[str, Any]) -> int:
     keep = {f"{k}{ext}" for k in manifest["shards"] for ext in (".npy", ".tokens.npy", ".json")}
     keep.add(manifest["index"]["file"])
     removed = 0
-    for f in [*(folder / "shards").glob("*"), *folder.glob("index-*"), *folder.glob(".*.tmp")]:
+    for f in {*(folder / "shards").glob("*"), *folder.glob("index-*"), *folder.glob(".*.tmp")}:
         if f.name not in keep and f.name != ".lock":
-            f.unlink(missing_ok=True)
+            if f.is_dir():                   # a killed run's temporary sibling (aladin.io.atomic_path)
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
             removed += 1
     return removed
 

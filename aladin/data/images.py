@@ -4,6 +4,8 @@ user's annotations, not later against the generated dataset.json."""
 from __future__ import annotations
 
 import contextlib
+import io
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -37,3 +39,35 @@ def check_image(file: str | Path) -> None:
     """Header and structure check without decoding the pixels (Image.verify): a few ms per file."""
     with open_image(file) as im:
         im.verify()
+
+
+class ImageRejected(Exception):
+    """Bytes that do not decode to an image: `kind` is 'pixels' (over the limit), 'format' (not
+    among the accepted ones) or 'unreadable' (unknown format, truncated, corrupt); `detail` says more."""
+
+    def __init__(self, kind: str, detail: str, size: tuple[int, int] | None = None) -> None:
+        super().__init__(detail)
+        self.kind, self.detail, self.size = kind, detail, size      # size: (w, h) read from the header
+
+
+def decode_bytes(data: bytes, max_pixels: int, formats: frozenset[str] | None = None) -> Image.Image:
+    """Encoded image bytes -> RGB image, with Pillow's decompression-bomb warning made an error and
+    the pixel count checked from the header before decoding; `formats` (Pillow names) restricts
+    what is accepted. Raises :class:`ImageRejected`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if formats is not None and img.format not in formats:
+                raise ImageRejected("format", f"format {img.format} not accepted (accepted: {', '.join(sorted(formats))})")
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageRejected("pixels", f"{w}x{h} pixels, limit {max_pixels}", (w, h))
+            img.load()
+            return img.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageRejected("pixels", str(e)) from None
+    except Image.UnidentifiedImageError:          # its message is the repr of the BytesIO
+        raise ImageRejected("unreadable", "unknown format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageRejected("unreadable", str(e)) from None

@@ -10,10 +10,8 @@ and turns hits into plain JSON-able dicts.
 from __future__ import annotations
 
 import copy
-import io
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.parser import unknown_words
+from ..data.images import ImageRejected, decode_bytes
 from ..errors import AladinError, ConfigError
 from ..retrieval.index import KINDS
 from ..retrieval.retriever import Hit, Retriever
@@ -111,21 +110,12 @@ def decode_upload(data: bytes, limits: Limits, name: str = "file") -> Image.Imag
     if len(data) > limits.max_upload_bytes:
         raise QueryError(f"{name}: larger than the {limits.max_upload_bytes} bytes allowed", 413)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > limits.max_image_pixels:
-                raise QueryError(f"{name}: {w}x{h} pixels, at most {limits.max_image_pixels} allowed", 413)
-            img.load()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise QueryError(f"{name}: too many pixels ({e})", 413) from None
-    except Image.UnidentifiedImageError:      # its message is the repr of our BytesIO
-        raise QueryError(f"{name}: not a readable image (unknown format); accepted: "
-                         f"{', '.join(IMAGE_TYPES)}", 415) from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise QueryError(f"{name}: not a readable image ({e}); accepted: {', '.join(IMAGE_TYPES)}", 415) from None
-    return img.convert("RGB")
+        return decode_bytes(data, limits.max_image_pixels)
+    except ImageRejected as e:
+        if e.kind == "pixels":
+            raise QueryError(f"{name}: {e.size[0]}x{e.size[1]} pixels, at most {limits.max_image_pixels} allowed"
+                             if e.size else f"{name}: too many pixels ({e.detail})", 413) from None
+        raise QueryError(f"{name}: not a readable image ({e.detail}); accepted: {', '.join(IMAGE_TYPES)}", 415) from None
 
 
 class SearchEngine(EngineBase):
