@@ -11,7 +11,8 @@ import faiss
 
 from aladin import params
 from aladin.retrieval.encode import encode_images, encode_texts
-from aladin.retrieval.index import save_index_dir, sha256_file
+from aladin.io import sha256_file
+from aladin.retrieval.index import save_index_dir
 from aladin.models.factory import load_model
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split

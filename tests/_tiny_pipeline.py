@@ -25,7 +25,8 @@ from aladin.evaluation.validation import student_metrics
 from aladin.training.distillation import LossConfig, StudentLoss
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.features import extract_features
-from aladin.retrieval.index import IndexConfig, save_index_dir, sha256_file
+from aladin.io import sha256_file
+from aladin.retrieval.index import IndexConfig, save_index_dir
 from aladin.io import write_json
 from aladin.models.alignment import AlignmentConfig
 from aladin.models.factory import build_model, save_checkpoint

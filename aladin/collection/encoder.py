@@ -20,9 +20,8 @@ from PIL import Image
 
 from ..errors import DataError
 from ..features import image_batch, load_vision_backbone
-from ..io import read_json
+from ..io import read_json, sha256_file
 from ..models.factory import load_model
-from ..retrieval.index import sha256_file
 
 BACKBONE_PARAMS = ("vision_backbone", "image_size", "efficientnet_blocks", "runtime", "text_backbone", "max_tokens")
 

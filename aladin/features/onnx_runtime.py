@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..inputs import fingerprint
-from ..io import atomic_path, write_json
+from ..io import atomic_path, sha256_file, write_json
 from ..params import Runtime
 
 log = logging.getLogger("aladin")
@@ -58,14 +58,6 @@ def check_runtime(runtime: str, device: torch.device) -> None:
     if runtime == "onnx" and device.type != "cpu":
         raise ConfigError(f"features.runtime: onnx runs on the CPU, not on {device} (set features.device: cpu "
                           f"or features.runtime: torch)")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_key(info: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ checkpoint's sha256 and the params. :func:`load_index_dir` refuses any file that
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..errors import ConfigError, DataError
-from ..io import atomic_path, read_json
+from ..io import atomic_path, read_json, sha256_file
 from ..params import KINDS, IndexConfig
 
 FORMAT_VERSION = 1
@@ -101,14 +100,6 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise DataError(f"embeddings: expected a (N, D) matrix, got shape {x.shape}")
     return x
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
