@@ -125,8 +125,10 @@ class LossConfig:
     triplet_weight: float = 0.1         # mode distill+triplet only
     margin: float = 0.2                 # triplet hinge margin
     warmup_epochs: int = 3              # triplet modes: epochs summing the hinge over all negatives, then the hardest
+    contrastive_weight: float = 0.0     # labelled multi-positive InfoNCE beside distillation (0 = off)
 
     def validate(self) -> None:
+        require(self.contrastive_weight >= 0, "contrastive_weight", "must be >= 0")
         require(self.temperature > 0, "temperature", "must be > 0")
         require(self.teacher_temperature > 0, "teacher_temperature", "must be > 0")
         require(self.triplet_weight >= 0, "triplet_weight", "must be >= 0")
@@ -323,6 +325,18 @@ class BatchesConfig:
         require(self.pool >= self.group - 1, "pool", f"must be >= group - 1 = {self.group - 1}")
 
 
+@dataclass(frozen=True)
+class ListsConfig:
+    """`distill.lists`: each pair's teacher candidates join the batch's lists (aladin.training.lists)."""
+
+    hard: int = 0                # per pair: wrong images of its caption, wrong captions of its image; 0 = in-batch
+    pool: int = 16               # drawn uniformly from the teacher's top-`pool` of each
+
+    def validate(self) -> None:
+        require(self.hard >= 0, "hard", "must be >= 0 (0 = in-batch lists only)")
+        require(self.pool >= self.hard, "pool", f"must be >= hard = {self.hard}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DistillParams(LossConfig, Training):
     """The student's section: its loss keys (mode, temperatures, ...) are LossConfig's."""
@@ -330,6 +344,7 @@ class DistillParams(LossConfig, Training):
     model: MatchingConfig
     optim: OptimConfig
     batches: BatchesConfig
+    lists: ListsConfig
     teacher_cache: bool          # teacher train embeddings computed once (vs a forward per batch)
 
     def validate(self) -> None:
@@ -339,6 +354,8 @@ class DistillParams(LossConfig, Training):
                 f"must be <= optim.batch_size={self.optim.batch_size}")
         require(self.batches.group == 1 or self.mode != "triplet", "batches.group",
                 "teacher-neighbour batches need the teacher: 1 with mode triplet")
+        require(self.lists.hard == 0 or self.mode != "triplet", "lists.hard",
+                "teacher candidates need the teacher: 0 with mode triplet")
 
     @property
     def loss(self) -> LossConfig:

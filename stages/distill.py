@@ -18,12 +18,13 @@ from aladin.evaluation.validation import student_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_matching_splits
-from aladin.training.batching import teacher_neighbour_batches
+from aladin.training.batching import teacher_candidates, teacher_neighbour_batches
 from aladin.training.distillation import StudentLoss, teacher_scorer
+from aladin.training.lists import PairTruth, WiderLists
 from aladin.training.loop import TrainSpec, train_stage
 
 log = logging.getLogger("aladin")
-FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")
+DATA, FEATURES, TEACHER = Path("data"), Path("features"), Path("models/teacher.pt")
 
 
 def main() -> None:
@@ -53,7 +54,12 @@ def main() -> None:
         if cfg.batches.group > 1:
             pair_order = teacher_neighbour_batches(teacher_model, train, cfg.batches.group, cfg.batches.pool,
                                                    device)
-    loss = StudentLoss(cfg.loss, teacher)
+    lists = None
+    if not baseline and (cfg.lists.hard or cfg.contrastive_weight):
+        candidates = teacher_candidates(teacher_model, train, cfg.lists.pool, device) if cfg.lists.hard else None
+        truth = PairTruth.for_store(train, DATA / "scenes.jsonl") if cfg.contrastive_weight else None
+        lists = WiderLists(train, candidates, cfg.lists.hard, truth)
+    loss = StudentLoss(cfg.loss, teacher, lists)
     used = dataclasses.asdict(cfg)
     if baseline:
         used = {k: used[k] for k in params.TRIPLET_BASELINE_KEYS}

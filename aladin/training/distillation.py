@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .losses import TripletSchedule, distillation_loss, positive_mask
+from .lists import WiderLists
+from .losses import TripletSchedule, distillation_loss, multi_positive_loss, positive_mask
 from ..params import LossConfig
 from ..store import Batch, FeatureStore
 
@@ -102,29 +103,44 @@ class StudentLoss:
     """loss_fn(student, pair batch) -> (loss, logs) for :func:`aladin.training.loop.fit`.
 
     Pass :meth:`on_epoch_start` to fit too: the triplet term follows the teacher's warm-up
-    schedule (:class:`aladin.training.losses.TripletSchedule`).
+    schedule (:class:`aladin.training.losses.TripletSchedule`). With `lists`, each batch is
+    widened by its pairs' teacher candidates and the labelled contrastive term (weight
+    ``cfg.contrastive_weight``) joins the loss (:mod:`aladin.training.lists`).
     """
 
-    def __init__(self, cfg: LossConfig, teacher: TeacherScores | None) -> None:
+    def __init__(self, cfg: LossConfig, teacher: TeacherScores | None, lists: WiderLists | None = None) -> None:
         if cfg.mode != "triplet" and teacher is None:
             raise ValueError(f"mode {cfg.mode!r} needs a teacher")
-        self.cfg, self.teacher = cfg, teacher
+        if cfg.contrastive_weight and (lists is None or lists.truth is None):
+            raise ValueError("contrastive_weight > 0 needs labelled lists")
+        self.cfg, self.teacher, self.lists = cfg, teacher, lists
         self.triplet = TripletSchedule(cfg.margin, cfg.warmup_epochs)
         self.on_epoch_start = self.triplet.on_epoch_start
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.cfg
-        scores = model(batch)                                          # (B, B) cosines
+        cfg, pairs, truth = self.cfg, len(batch.caption_index), None
         positive = positive_mask(batch)
+        if self.lists is not None:
+            # Candidates drawn from torch's RNG, which fit reseeds every epoch: a resumed run redraws the same.
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            batch, positive, truth = self.lists.widen(batch, rng)
+        scores = model(batch)                                          # (N_img, N_cap) cosines
         if cfg.mode == "triplet":
-            return self.triplet.loss(scores, positive), {}
-        loss = distillation_loss(scores, self.teacher(batch), cfg.temperature, cfg.teacher_temperature,
-                                 positive)
-        logs = {"distill": loss.item()}
+            return self.triplet.loss(scores[:pairs, :pairs], positive[:pairs, :pairs]), {}
+        teacher = self.teacher(batch)
+        loss = distillation_loss(scores, teacher, cfg.temperature, cfg.teacher_temperature, positive, pairs)
+        # The loss's floor: the teacher's own target entropy on these lists (reached only when the
+        # student reproduces the teacher's distributions).
+        floor = distillation_loss(teacher, teacher, cfg.teacher_temperature, cfg.teacher_temperature, positive, pairs)
+        logs = {"distill": loss.item(), "distill_floor": floor.item()}
         if cfg.mode == "distill+triplet":
-            triplet = self.triplet.loss(scores, positive)
+            triplet = self.triplet.loss(scores[:pairs, :pairs], positive[:pairs, :pairs])
             loss = loss + cfg.triplet_weight * triplet
             logs["triplet"] = triplet.item()
+        if cfg.contrastive_weight:
+            labelled = multi_positive_loss(scores, truth, cfg.temperature, pairs)
+            loss = loss + cfg.contrastive_weight * labelled
+            logs["contrastive"] = labelled.item()
         return loss, logs
 
     def summary(self, model: nn.Module) -> dict[str, object]:

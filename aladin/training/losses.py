@@ -61,22 +61,27 @@ class TripletSchedule:
 
 def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
                       student_temperature: float, teacher_temperature: float,
-                      positive_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """ListNet-style listwise distillation of a (B, B) pair batch, rows and columns added.
+                      positive_mask: torch.Tensor | None = None, pairs: int | None = None) -> torch.Tensor:
+    """ListNet-style listwise distillation of a pair batch, image lists and caption lists added.
 
-    Each row (an image over the batch's captions) and each column (a caption over the batch's
-    images) of the teacher's scores (detached, divided by `teacher_temperature`) gives a target
+    Scores are (N_img, N_cap) whose leading (pairs, pairs) block is the pair batch (image i and
+    caption i a positive pair; `pairs` None = all rows and columns, a square batch). The lists
+    are the first `pairs` rows (each pair's image over every caption) and the first `pairs`
+    columns (each pair's caption over every image); rows and columns past them are extra
+    candidates that only join those lists (:mod:`aladin.training.lists`).
+
+    Each list of the teacher's scores (detached, divided by `teacher_temperature`) gives a target
     distribution by softmax; the student's cosine scores divided by `student_temperature` (the
     reference's scale 6.0 is a temperature of 1/6) give the predicted one; the loss is their
-    cross-entropy, averaged over rows, plus the same over columns. Lower temperatures give
-    sharper distributions. The gradient is zero exactly when both distributions agree.
+    cross-entropy, averaged over the image lists, plus the same over the caption lists. Lower
+    temperatures give sharper distributions. The gradient is zero exactly when both agree.
 
     Duplicates: when two captions of one image share a batch, the image appears twice (identical
     rows for the teacher, and the captions are each other's positives). With `positive_mask`
-    (B_img, B_cap), every off-diagonal positive is dropped from both distributions, so each list
-    ranks its own pair against true negatives only, as the triplet loss does, and a duplicate
-    never counts as a competing target. Without it, duplicates stay in the lists as targets
-    (both copies share the target mass, consistently for teacher and student).
+    (N_img, N_cap), every positive other than the list's own pair is dropped from both
+    distributions, so each list ranks its own pair against true negatives only, as the triplet
+    loss does, and a duplicate never counts as a competing target. Without it, duplicates stay
+    in the lists as targets (both copies share the target mass, consistently for both models).
     """
     t = teacher_scores.detach() / teacher_temperature
     s = student_scores / student_temperature
@@ -86,13 +91,32 @@ def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor
         drop = positive_mask & ~eye
         t, s = t.masked_fill(drop, float("-inf")), s.masked_fill(drop, float("-inf"))
 
-    def cross_entropy(dim: int) -> torch.Tensor:
+    def cross_entropy(s: torch.Tensor, t: torch.Tensor, drop: torch.Tensor | None, dim: int) -> torch.Tensor:
         log_q = s.log_softmax(dim)
         if drop is not None:  # p = 0 there; avoid 0 * -inf
             log_q = log_q.masked_fill(drop, 0.0)
         return -(t.softmax(dim) * log_q).sum(dim).mean()
 
-    return cross_entropy(1) + cross_entropy(0)
+    n = pairs
+    rows = cross_entropy(s[:n], t[:n], None if drop is None else drop[:n], 1)
+    cols = cross_entropy(s[:, :n], t[:, :n], None if drop is None else drop[:, :n], 0)
+    return rows + cols
+
+
+def multi_positive_loss(scores: torch.Tensor, truth: torch.Tensor, temperature: float,
+                        pairs: int | None = None) -> torch.Tensor:
+    """Labelled contrastive term over the same lists as :func:`distillation_loss` (InfoNCE with
+    multi-positive targets): each list's target is uniform over the items labelled true of its
+    query (`truth` (N_img, N_cap) bool, True at least at the list's own pair), so an item that is
+    also a true match (a caption true of a look-alike scene) is pulled up, never pushed away."""
+    s = scores / temperature
+
+    def cross_entropy(s: torch.Tensor, truth: torch.Tensor, dim: int) -> torch.Tensor:
+        target = truth.float() / truth.sum(dim, keepdim=True)
+        return -(target * s.log_softmax(dim)).sum(dim).mean()
+
+    n = pairs
+    return cross_entropy(s[:n], truth[:n], 1) + cross_entropy(s[:, :n], truth[:, :n], 0)
 
 
 def list_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
