@@ -5,10 +5,10 @@
     python scripts/results_table.py --update README.md docs/RESULTS.md docs/SPEED.md
 
 --update rewrites, in each file, every block between ``<!-- results:NAME -->`` and
-``<!-- /results:NAME -->`` with section NAME (effectiveness, binding, latency) rendered from the
+``<!-- /results:NAME -->`` with section NAME (effectiveness, binding, regimes, latency) rendered from the
 metrics; tests/test_docs.py fails when a committed block differs from its rendering.
 
-Reads metrics/{data,eval,latency,seeds}.json (seeds: scripts/seed_spread.py) and
+Reads metrics/{data,eval,latency,seeds,seeds_family1}.json (seeds*: scripts/seed_spread.py) and
 plots/latency_scaling.csv, so the README shows exactly what `dvc metrics show` shows. The
 protocols are those eval.json holds: 5K and 1K on the COCO-sized test set, the whole set (`n<N>`)
 on another size.
@@ -179,6 +179,39 @@ def latency(lat: dict, scaling: pd.DataFrame, n_test: int) -> list[str]:
     return out
 
 
+REGIMES = {"seeds": "family_size 4 (default)", "seeds_family1": "family_size 1 (no look-alikes)"}
+
+
+def regimes(metrics: Path) -> list[str]:
+    """Both data regimes side by side (scripts/seed_spread.py summaries), every cell mean ± std over seeds."""
+    runs = {name: load(metrics, name) for name in REGIMES}
+    runs = {name: r for name, r in runs.items() if r}
+    if not runs:
+        return []
+
+    def cell(run: dict, *keys: str, fmt: str = "{:.1f}") -> str:
+        figs = [run["figures"].get(k) for k in keys]
+        if any(f is None for f in figs):
+            return "–"
+        return " / ".join(fmt.format(f["mean"]) + (" ± " + fmt.format(f["std"]) if f["std"] else "") for f in figs)
+    rows = [("teacher rsum 5K / 1K", ("teacher_5k_rsum", "teacher_1k_rsum"), "{:.1f}"),
+            ("student rsum 5K / 1K", ("student_5k_rsum", "student_1k_rsum"), "{:.1f}"),
+            ("student without distillation", ("student_triplet_5k_rsum", "student_triplet_1k_rsum"), "{:.1f}"),
+            ("two-stage", ("two_stage_5k_rsum", "two_stage_1k_rsum"), "{:.1f}"),
+            ("oracle", ("oracle_5k_rsum", "oracle_1k_rsum"), "{:.1f}"),
+            ("**student / teacher** (5K rsum)", ("student_rsum_vs_teacher",), "{:.3f}"),
+            ("within-family t2i R@1: teacher / student / two-stage",
+             ("teacher_family_r1", "student_family_r1", "two_stage_family_r1"), "{:.1f}"),
+            ("foil accuracy (chance 50): teacher / student / text-only",
+             ("teacher_foil_accuracy", "student_foil_accuracy", "text_only_foil_accuracy"), "{:.1f}")]
+    seeds = {name: f"{r['n_seeds']} seeds" for name, r in runs.items()}
+    out = ["| figure (mean ± std over training seeds) | " + " | ".join(f"{REGIMES[n]}, {seeds[n]}" for n in runs) + " |",
+           "|---" * (1 + len(runs)) + "|"]
+    for title, keys, fmt in rows:
+        out.append(f"| {title} | " + " | ".join(cell(r, *keys, fmt=fmt) for r in runs.values()) + " |")
+    return out
+
+
 def sections(metrics: Path, scaling: Path) -> dict[str, list[str]]:
     """Every table the docs show, by name, rendered from the metrics in `metrics`."""
     ev = load(metrics, "eval")
@@ -186,6 +219,8 @@ def sections(metrics: Path, scaling: Path) -> dict[str, list[str]]:
         raise SystemExit(f"{metrics / 'eval.json'}: not found (run `dvc repro` first)")
     data, lat, seeds = load(metrics, "data"), load(metrics, "latency"), load(metrics, "seeds")
     out = {"effectiveness": effectiveness(ev, data, seeds), "binding": binding(ev, data, seeds) + cross_rows(ev)}
+    if regimes(metrics):
+        out["regimes"] = regimes(metrics)
     if lat and scaling.is_file():
         out["latency"] = latency(lat, pd.read_csv(scaling), ev["protocol"]["n_images"])
     return out
