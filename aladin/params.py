@@ -20,6 +20,7 @@ from .config import PARAMS_FILE, from_dict, load_params, require, section
 from .errors import ConfigError
 
 SPLITS = ("train", "val", "test")    # every dataset's splits, in this order
+TRANSFER = "transfer"                # optional (scenes): extra scenes the student alone is distilled on
 
 
 # -- components: each nests in a section and keeps defaults equal to params.yaml (tested) ---------
@@ -263,6 +264,7 @@ class DataParams:
     n_test: int                  # the COCO 5K and 1K (5 folds) protocols need exactly 5000
     image_size: int
     family_size: int             # scenes per family (same attribute words, different bindings)
+    n_transfer: int              # extra training scenes for distillation only (the teacher never sees them)
     workers: int                 # rendering processes; 0 = one per usable CPU core (same output)
     # real datasets (docs/COCO.md): only the sub-section named by `source` is used
     karpathy: KarpathyConfig
@@ -275,6 +277,7 @@ class DataParams:
         require(64 <= self.image_size <= 1024, "image_size", "must be in [64, 1024] (objects must stay legible)")
         require(1 <= self.captions_per_image <= 10, "captions_per_image", "must be in [1, 10]")
         require(1 <= self.family_size <= 8, "family_size", "must be in [1, 8]")
+        require(self.n_transfer >= 0, "n_transfer", "must be >= 0 (0 = no transfer set)")
         require(self.workers >= 0, "workers", "must be >= 0 (0 = one per CPU core)")
 
 

@@ -29,6 +29,7 @@ import torch
 
 from .errors import DataError
 from .io import atomic_path, load_array, read_json
+from .params import TRANSFER
 
 FORMAT_VERSION = 1
 ARRAYS = ("regions", "boxes", "region_counts", "tokens", "token_counts", "caption_image")
@@ -233,3 +234,53 @@ def open_matching_splits(features_dir: str | Path, *splits: str) -> list[Feature
                 raise DataError(f"{store.path}/manifest.json: {key} {store.manifest[key]} differs from "
                                 f"{stores[0].path.name}'s {stores[0].manifest[key]}")
     return stores
+
+
+class _Rows:
+    """Rows of several arrays as one: ``rows[index, :w]`` gathers each row from its part."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts, self.offsets = parts, np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
+
+    def __getitem__(self, key: tuple[np.ndarray, slice]) -> np.ndarray:
+        index, cols = key
+        part = np.searchsorted(self.offsets[1:], index, side="right")
+        first = self.parts[0][index[:0], cols]
+        out = np.empty((len(index), *first.shape[1:]), dtype=first.dtype)
+        for p in np.unique(part):
+            at = part == p
+            out[at] = self.parts[p][index[at] - self.offsets[p], cols]
+        return out
+
+
+class ConcatStore(FeatureStore):
+    """Several stores' items as one training set (train + the transfer set): images and captions
+    are numbered through the parts in order; batches come from FeatureStore's methods."""
+
+    def __init__(self, parts: list[FeatureStore]) -> None:
+        base = parts[0]
+        for store in parts[1:]:
+            for key in ("d_img", "d_txt", "max_regions", "max_tokens"):
+                if store.manifest[key] != base.manifest[key]:
+                    raise DataError(f"{store.path}/manifest.json: {key} {store.manifest[key]} differs from "
+                                    f"{base.path.name}'s {base.manifest[key]}")
+        self.path, self.parts = base.path, parts
+        self.manifest = {**base.manifest, "n_images": sum(p.n_images for p in parts),
+                         "n_captions": sum(p.n_captions for p in parts), "parts": [p.path.name for p in parts]}
+        self.regions, self.boxes, self.tokens = (_Rows([getattr(p, k) for p in parts]) for k in ("regions", "boxes", "tokens"))
+        self.region_counts = np.concatenate([p.region_counts for p in parts])
+        self.token_counts = np.concatenate([p.token_counts for p in parts])
+        offsets = np.cumsum([0] + [p.n_images for p in parts])
+        self.caption_image = np.concatenate([p.caption_image + o for p, o in zip(parts, offsets)])
+        self.image_ids = [i for p in parts for i in p.image_ids]
+        self.image_files = [f for p in parts for f in p.image_files]
+        self.captions = [c for p in parts for c in p.captions]
+
+
+def open_distillation_set(features_dir: str | Path) -> FeatureStore:
+    """What the student is distilled on: the train split, plus the transfer split where the
+    features stage wrote one (data.n_transfer > 0)."""
+    train = open_split(features_dir, "train")
+    transfer = Path(features_dir) / TRANSFER
+    return ConcatStore([train, FeatureStore(transfer)]) if transfer.is_dir() else train

@@ -17,7 +17,7 @@ from aladin import distributed, params
 from aladin.evaluation.validation import student_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
-from aladin.store import open_matching_splits
+from aladin.store import open_distillation_set, open_matching_splits
 from aladin.training.batching import teacher_candidates, teacher_neighbour_batches
 from aladin.training.distillation import StudentLoss, teacher_scorer
 from aladin.training.lists import PairTruth, WiderLists
@@ -38,7 +38,12 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, mode="triplet")
     seed, tracking = params.seed(), params.load("tracking")
     set_threads(cfg.threads)
+    # The distillation set: train plus the transfer scenes (data.n_transfer); the baseline has no
+    # teacher to label them, so it trains on train alone.
     train, val = open_matching_splits(FEATURES, "train", "val")
+    if not baseline:
+        train = open_distillation_set(FEATURES)
+        log.info("distillation set: %s, %d pairs", " + ".join(train.manifest.get("parts", ["train"])), train.n_captions)
 
     needs_teacher = cfg.mode != "triplet" or cfg.model.inputs == "teacher_tokens"
     teacher_model = load_model(TEACHER, device, kind="alignment") if needs_teacher else None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from .captions import captions_for
+from ..params import TRANSFER
 from .manifest import SPLITS, ImageRecord
 from .parser import is_true
 from .render import render
@@ -40,11 +41,19 @@ def generate(out_dir: Path, cfg: DataParams) -> tuple[list[ImageRecord], list[di
     """Write images/<split>/<index>.png under out_dir; return manifest entries and scene records."""
     out_dir = Path(out_dir).resolve()          # ImageRecord.file is absolute
     images, records, jobs = [], [], []
-    for split in SPLITS:
+    held_out: set[tuple] = set()                   # val and test contents: never in the transfer set
+    for split in (*SPLITS, TRANSFER) if cfg.n_transfer else SPLITS:
         # Scenes and captions come from one sequential stream per split; rendering needs no randomness.
         rng = random.Random(f"scenes/{cfg.seed}/{split}")
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         scenes = sample_split(rng, split, getattr(cfg, f"n_{split}"), cfg.family_size)
+        if split == TRANSFER:
+            kept = [s for s in scenes if s.key() not in held_out]
+            log.info("data: transfer set of %d scenes (%d equal to a val / test scene dropped)", len(kept),
+                     len(scenes) - len(kept))
+            scenes = kept
+        elif split != "train":
+            held_out.update(s.key() for s in scenes)
         for k, scene in enumerate(tqdm(scenes, desc=f"data: scenes {split}", unit="img", mininterval=2)):
             image_id, file = f"{split}-{k:06d}", out_dir / "images" / split / f"{k:06d}.png"
             images.append(ImageRecord(image_id, file, split, captions_for(scene, rng, cfg.captions_per_image)))

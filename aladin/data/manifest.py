@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from ..errors import DataError
 from ..io import read_json, write_json
-from ..params import SPLITS
+from ..params import SPLITS, TRANSFER
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Dataset:
     images: list[ImageRecord]
 
     def split(self, name: str) -> list[ImageRecord]:
-        if name not in SPLITS:
-            raise DataError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+        if name not in (*SPLITS, TRANSFER):
+            raise DataError(f"unknown split {name!r}; known: {', '.join((*SPLITS, TRANSFER))}")
         return [im for im in self.images if im.split == name]
 
 
@@ -58,8 +58,8 @@ def _image(raw: Any, k: int, root: Path, cpi: int, path: Path) -> ImageRecord:
     if not isinstance(raw["id"], str) or not raw["id"]:
         raise DataError(f"{where}: 'id' must be a non-empty string")
     where = f"{path}: image {raw['id']!r} (images[{k}])"
-    if raw["split"] not in SPLITS:
-        raise DataError(f"{where}: unknown split {raw['split']!r}; known: {', '.join(SPLITS)}")
+    if raw["split"] not in (*SPLITS, TRANSFER):
+        raise DataError(f"{where}: unknown split {raw['split']!r}; known: {', '.join((*SPLITS, TRANSFER))}")
     if not isinstance(raw["file"], str) or not raw["file"]:
         raise DataError(f"{where}: 'file' must be a non-empty string")
     file = (root / raw["file"]).resolve()

@@ -13,7 +13,7 @@ import numpy as np
 from ..data.baselines import bow_scores, colour_scores
 from ..data.generate import verify_captions
 from ..data.manifest import ImageRecord
-from ..params import SPLITS
+from ..params import SPLITS, TRANSFER
 from .metrics import KS, protocol_metrics, within_family_metrics
 
 log = logging.getLogger("aladin")
@@ -40,6 +40,7 @@ def _rounded(x: Any) -> Any:
 def dataset_metrics(images: list[ImageRecord], records: list[dict[str, Any]], captions_per_image: int) -> dict[str, Any]:
     """Counts, caption statistics, and the non-learned baselines on the test split."""
     captions = [c for im in images for c in im.captions]
+    splits = [s for s in (*SPLITS, TRANSFER) if any(im.split == s for im in images)]
     test = [(im, r) for im, r in zip(images, records) if im.split == "test"]
     test_caps = [c for im, _ in test for c in im.captions]
     cap_img = np.repeat(np.arange(len(test)), captions_per_image)
@@ -54,8 +55,8 @@ def dataset_metrics(images: list[ImageRecord], records: list[dict[str, Any]], ca
     baselines["chance"] = {key: chance_metrics(1000 if key == "1k" else len(test), captions_per_image)
                            for key in baselines["bow_tfidf"] if key != "within_family"}
     return _rounded({
-        "images": {s: sum(im.split == s for im in images) for s in SPLITS},
-        "families": {s: len({r["family"] for im, r in zip(images, records) if im.split == s}) for s in SPLITS},
+        "images": {s: sum(im.split == s for im in images) for s in splits},
+        "families": {s: len({r["family"] for im, r in zip(images, records) if im.split == s}) for s in splits},
         "objects_per_image": float(np.mean([len(r["objects"]) for r in records])),
         "caption_words": float(np.mean([len(c.split()) for c in captions])),
         "vocabulary": len({w for c in captions for w in re.findall(r"[a-z'-]+", c.lower())}),

@@ -26,6 +26,7 @@ from ..data.manifest import ImageRecord, load_dataset
 from ..datasets import PRECOMPUTED, RegionSource, open_precomputed, write_region_features
 from ..errors import DataError
 from ..io import atomic_path, read_json
+from ..params import SPLITS, TRANSFER
 from ..store import StoreWriter
 from .text import TextBackbone, load_text_backbone
 from .vision import VisionBackbone, load_pixels, load_vision_backbone
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aladin")
 
-SPLITS = ("train", "val", "test")
 SORT_WINDOW = 32  # caption batches sorted by length together
 
 
@@ -148,7 +148,8 @@ def extract_split(records: Sequence[ImageRecord], vision: VisionBackbone | Regio
 
 
 def extract_features(cfg: FeaturesParams, dataset_path: Path, out_dir: Path, device: torch.device) -> None:
-    """dataset.json -> ``out_dir/{train,val,test}`` feature stores; `out_dir` appears only when all are done.
+    """dataset.json -> ``out_dir/{train,val,test}`` feature stores (and ``transfer`` when the dataset has
+    that split); `out_dir` appears only when all are done.
 
     load_dataset has already checked that files exist and captions are non-empty text, the right
     number per image; decoding errors surface here, naming the file.
@@ -158,6 +159,8 @@ def extract_features(cfg: FeaturesParams, dataset_path: Path, out_dir: Path, dev
     for s, records in splits.items():
         if not records:
             raise DataError(f"{dataset_path}: no images in split {s!r}")
+    if dataset.split(TRANSFER):
+        splits[TRANSFER] = dataset.split(TRANSFER)
     precomputed = open_precomputed(dataset_path.parent)
     if precomputed is None:
         log.info("loading vision backbone %s on %s (%s runtime)", cfg.vision_backbone, device, cfg.runtime)
