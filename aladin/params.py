@@ -362,7 +362,7 @@ class CrossParams(Training):
     pool: int                    # listed negatives come from the student's top-`pool` items per query
     hard_negatives: int          # per query and direction, drawn from that list by the teacher's softmax
     random_negatives: int        # per query and direction, drawn from all wrong items
-    temperature: float           # of that softmax over the teacher's scores (ALBEF-style sampling)
+    temperature: float           # of that softmax (ALBEF-style sampling) and of the lists' loss
     margin: float                # real data: list items kept below margin x the positive's teacher score
     select_images: int           # per-epoch selection: all pairs of the first N val images
     eval_images: int             # reported metrics: fold 0 of val, this many images

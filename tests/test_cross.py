@@ -329,7 +329,7 @@ def test_overfits_512_training_pairs(tmp_path):
         return {"t2i": list_accuracy(t2i), "i2t": list_accuracy(i2t), "both": list_accuracy(torch.cat([t2i, i2t]))}
 
     before = accuracy(model)
-    res = fit(model, CrossLoss(train, neg, 2, 1, 0.1, 1.0, "cpu"), train, accuracy,
+    res = fit(model, CrossLoss(train, neg, 2, 1, 1.0, 1.0, "cpu"), train, accuracy,
               OptimConfig(lr_decay_epochs=[], epochs=12, batch_size=32, lr=3e-3), seed=0, device="cpu",
               checkpoint_dir=None, select_metric="both")
     after = accuracy(model)
@@ -350,7 +350,7 @@ def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path)
         return exhaustive_metrics(model, val, "cpu", n_images=10, text_queries=0, image_queries=0, seed=0, batch_size=2048)
 
     before = validate(model.eval())["rsum"]
-    res = fit(model, CrossLoss(train, neg, 2, 1, 0.1, 1.0, "cpu"), train,
+    res = fit(model, CrossLoss(train, neg, 2, 1, 1.0, 1.0, "cpu"), train,
               lambda mdl: {k: v for k, v in validate(mdl).items() if isinstance(v, float)},
               OptimConfig(lr_decay_epochs=[], epochs=12, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None)
     after = validate(model)

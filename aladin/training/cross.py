@@ -16,7 +16,8 @@ scored "negatives" are often true), plus `random` uniform draws over all items. 
 - real data (no parser): no caption of the query's own image, and (NV-Retriever) only list items the
   teacher scores below ``margin`` x the positive pair's score.
 
-The loss is the softmax cross-entropy of each list with the positive first (losses.list_softmax_loss).
+The loss is the softmax cross-entropy of each list with the positive first (losses.list_softmax_loss),
+at the same temperature as the sampling.
 """
 from __future__ import annotations
 
@@ -162,8 +163,8 @@ def list_accuracy(logits: torch.Tensor) -> float:
 
 class CrossLoss:
     """loss_fn(cross-encoder, pair batch) -> (loss, logs) for :func:`aladin.training.loop.fit`: the
-    listwise softmax loss of both lists of every pair, averaged over the two directions; logs
-    each direction's loss and list accuracy and the cleaning of the negatives."""
+    listwise softmax loss (scores / temperature) of both lists of every pair, averaged over the two
+    directions; logs each direction's loss and list accuracy and the cleaning of the negatives."""
 
     def __init__(self, store: FeatureStore, negatives: Negatives, hard: int, random: int, temperature: float,
                  margin: float, device: torch.device | str) -> None:
@@ -177,6 +178,8 @@ class CrossLoss:
         neg_img, neg_cap, logs = draw_negatives(self.negatives, self.store, captions, self.hard, self.random,
                                                 self.temperature, self.margin, rng)
         t2i, i2t = list_logits(model, self.store, captions, neg_img, neg_cap, self.device)
-        loss_t2i, loss_i2t = list_softmax_loss(t2i), list_softmax_loss(i2t)
+        # The lists' softmax at the sampling's temperature: in teacher units, a residual's teacher
+        # term differs by a few hundredths between candidates, which a softmax of raw scores ignores.
+        loss_t2i, loss_i2t = list_softmax_loss(t2i / self.temperature), list_softmax_loss(i2t / self.temperature)
         return (loss_t2i + loss_i2t) / 2, {"loss_t2i": loss_t2i.item(), "loss_i2t": loss_i2t.item(),
                                            "acc_t2i": list_accuracy(t2i), "acc_i2t": list_accuracy(i2t), **logs}
