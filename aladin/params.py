@@ -90,9 +90,13 @@ class CrossEncoderConfig:
     dropout: float = 0.1
     inputs: StudentInputs = "teacher_tokens"   # fusion layers over: the frozen teacher encoders'
                                                # tokens (ALBEF/BLIP-style) | the backbones' features
+    residual: bool = True                      # score = teacher score + fusion head (zero at init,
+                                               # BLIP's ITM + first stage) | the fusion head alone
 
     def validate(self) -> None:
         require_transformer(self, "width", ("width", "layers", "heads", "ff"))
+        require(not self.residual or self.inputs == "teacher_tokens", "residual",
+                "needs inputs: teacher_tokens (the teacher's score is the residual's base)")
 
 
 @dataclass
@@ -375,9 +379,11 @@ class CrossParams(Training):
     enabled: bool
     model: CrossEncoderConfig
     optim: OptimConfig
-    pool: int                    # hard negatives come from the teacher's top-`pool` wrong items per query
-    hard_negatives: int          # per query and direction, drawn from that pool
+    pool: int                    # listed negatives come from the student's top-`pool` items per query
+    hard_negatives: int          # per query and direction, drawn from that list by the teacher's softmax
     random_negatives: int        # per query and direction, drawn from all wrong items
+    temperature: float           # of that softmax (ALBEF-style sampling) and of the lists' loss
+    margin: float                # real data: list items kept below margin x the positive's teacher score
     select_images: int           # per-epoch selection: all pairs of the first N val images
     eval_images: int             # reported metrics: fold 0 of val, this many images
     eval_text_queries: int       # sampled captions, each against all eval_images images (0 = all)
@@ -389,6 +395,8 @@ class CrossParams(Training):
         require(self.pool >= 1, "pool", "must be >= 1")
         require(0 <= self.hard_negatives <= self.pool, "hard_negatives", f"must be in [0, pool={self.pool}]")
         require(self.random_negatives >= 0, "random_negatives", "must be >= 0")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(0 < self.margin <= 1, "margin", "must be in (0, 1]")
         require(self.hard_negatives + self.random_negatives >= 1, "hard_negatives",
                 "with random_negatives: at least one negative per list")
         for name in ("select_images", "eval_images", "eval_batch_size"):

@@ -1,12 +1,16 @@
-"""Stage `cross`: features/{train,val} -> models/cross.pt + metrics/cross.json (the cross-encoder baseline).
+"""Stage `cross`: features/{train,val} -> models/cross.pt + metrics/cross.json (the cross-encoder re-ranker).
 
-The kind of model ALADIN is compared with: one joint transformer per image-text pair (fusion
-layers over the frozen teacher's token encoders by default), trained listwise in both directions
-against the teacher's hard negatives and random ones (aladin.training.cross). Model
-selection scores all pairs of the first `select_images` val images each epoch; the reported
-metrics score fold 0 of val (1,000 images) exhaustively for a fixed query subsample, since every
-pair costs a transformer pass (see aladin.evaluation.cross). With `enabled: false` the stage writes its
-outputs marked as skipped.
+One joint transformer per image-text pair (fusion layers over the frozen teacher's token
+encoders), by default a residual on the teacher's score (at step 0 it ranks as the teacher),
+trained for how it is used: listwise in both directions on the lists the student retrieves
+(models/student.pt, its top-`pool`), against clean negatives sampled from the teacher's softmax
+over those lists plus random ones (aladin.training.cross). On the scenes data the caption parser
+removes every negative true of its caption; on real data the same image's captions and the
+negatives the teacher scores near the positive are removed. Model selection scores all pairs of
+the first `select_images` val images each epoch, beside the same on training images; the
+reported metrics score fold 0 of val exhaustively for a fixed query subsample, since every pair
+costs a transformer pass (see aladin.evaluation.cross). With `enabled: false` the stage writes
+its outputs marked as skipped.
 """
 from __future__ import annotations
 
@@ -15,17 +19,25 @@ import logging
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from aladin import distributed, params
+from aladin.data.oracle import oracle_truth, scene_records
 from aladin.evaluation.cross import fold0_summary, selection_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
-from aladin.store import open_matching_splits
-from aladin.training.batching import teacher_candidates
-from aladin.training.cross import CrossLoss
+from aladin.store import FeatureStore, open_matching_splits
+from aladin.training.cross import CrossLoss, build_negatives, student_lists
 from aladin.training.loop import TrainSpec, train_stage, write_skipped
 
 log = logging.getLogger("aladin")
-FEATURES, TEACHER = Path("features"), Path("models/teacher.pt")
+FEATURES, SCENES = Path("features"), Path("data/scenes.jsonl")
+TEACHER, STUDENT = Path("models/teacher.pt"), Path("models/student.pt")
+
+
+def scenes_of(store: FeatureStore) -> list[dict] | None:
+    """The store's scene records (scenes data), None on a real dataset."""
+    return scene_records(SCENES, store.image_ids)
 
 
 def main() -> None:
@@ -38,20 +50,26 @@ def main() -> None:
     seed, tracking = params.seed(), params.load("tracking")
     set_threads(cfg.threads)
     train, val = open_matching_splits(FEATURES, "train", "val")
-    select_images = min(cfg.select_images, val.n_images)
+    select_images = min(cfg.select_images, val.n_images, train.n_images)
     eval_images = min(cfg.eval_images, val.n_images)
 
     teacher = load_model(TEACHER, device, kind="alignment")
-    candidates = teacher_candidates(teacher, train, cfg.pool, device)       # the first stage's hard negatives
-    log.info("cross: teacher's top %d wrong images per caption and captions per image", cfg.pool)
+    records, val_records = scenes_of(train), scenes_of(val)
+    truth = None if records is None else oracle_truth(records, train.captions)
+    negatives = build_negatives(teacher, train, student_lists(load_model(STUDENT, device), train, cfg.pool),
+                                truth, device)
+    log.info("cross: the student's top %d per query; %.1f%% of its wrong images are true of the caption (%s)",
+             cfg.pool, 100 * negatives.images.true.mean(), "parser" if truth is not None else "same image only")
+    families = None if records is None else tuple(np.array([r["family"] for r in rs]) for rs in (val_records, records))
     seed_everything(seed)
     encoder = {"token_encoder": teacher} if cfg.model.inputs == "teacher_tokens" else {}
     model = build_model("cross", cfg.model, train.manifest["d_img"], train.manifest["d_txt"], **encoder)
     train_stage(TrainSpec(
         name="cross", kind="cross", model=model, model_cfg=cfg.model,
-        loss=CrossLoss(train, candidates, cfg.hard_negatives, cfg.random_negatives, device), train=train,
-        validate=partial(selection_metrics, store=val, device=device, n_images=select_images, seed=seed,
-                         batch_size=cfg.eval_batch_size),
+        loss=CrossLoss(train, negatives, cfg.hard_negatives, cfg.random_negatives, cfg.temperature, cfg.margin,
+                       device), train=train,
+        validate=partial(selection_metrics, val=val, train=train, device=device, n_images=select_images,
+                         batch_size=cfg.eval_batch_size, families=families),
         optim=cfg.optim, seed=seed, device=device, params={"seed": seed, "cross": dataclasses.asdict(cfg)},
         tracking=tracking,
         summary=partial(fold0_summary, store=val, device=device, select_images=select_images, eval_images=eval_images,

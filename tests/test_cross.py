@@ -1,23 +1,28 @@
 """Cross-encoder baseline: shapes, masking, pair agreement, negatives, lists, intervals, evaluation, training."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from aladin.training.batching import Candidates
-from aladin.evaluation.cross import (cross_scores, exhaustive_metrics, pair_scorers, sampled_metrics,
+from aladin.evaluation.cross import (cross_scores, exhaustive_metrics, pair_scorers, rerank_row, sampled_metrics,
                                      subsample_queries)
+from aladin.evaluation.ranking import IndexedRetrieval, matrix_scorers
 from aladin.latency.cross import text_search_fn
 from aladin.models.factory import load_cross
-from aladin.training.cross import draw_negatives, list_logits
+from aladin.retrieval.index import IndexConfig
+from aladin.retrieval.store_scores import score_store
+from aladin.training.cross import (CrossLoss, build_negatives, draw_negatives, list_accuracy, list_logits,
+                                   softmax_draws)
 from aladin.errors import ConfigError
 from aladin.io import read_json
 from aladin.training.losses import list_softmax_loss
 from aladin.evaluation.metrics import bootstrap_interval, ranks_t2i, retrieval_metrics
 from aladin.models.cross_encoder import CrossEncoder
 from aladin.models.factory import build_model, load_model, save_checkpoint
-from aladin.params import AlignmentConfig
+from aladin.params import AlignmentConfig, MatchingConfig
 from aladin.store import Batch, StoreWriter, open_split
 from aladin.training.loop import OptimConfig, fit
 
@@ -27,8 +32,20 @@ D_IMG, D_TXT = 12, 10
 def small_model(seed: int = 0, **kw) -> CrossEncoder:
     torch.manual_seed(seed)
     cfg = CrossEncoder.Config(**{"width": 16, "layers": 2, "heads": 2, "ff": 32, "dropout": 0.0,
-                                 "inputs": "features", **kw})
+                                 "inputs": "features", "residual": False, **kw})
     return CrossEncoder(cfg, D_IMG, D_TXT).eval()
+
+
+def small_teacher(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("alignment", AlignmentConfig(d=16, layers=1, heads=2, ff=32, dropout=0.0), D_IMG, D_TXT).eval()
+
+
+def residual_model(seed: int = 0, width: int = 16, layers: int = 2) -> CrossEncoder:
+    teacher = small_teacher(seed)
+    cfg = CrossEncoder.Config(width=width, layers=layers, heads=2, ff=2 * width, dropout=0.0, inputs="teacher_tokens",
+                              residual=True)
+    return CrossEncoder(cfg, D_IMG, D_TXT, token_encoder=teacher).eval()
 
 
 def pair_logits(m: CrossEncoder, batch: Batch) -> torch.Tensor:
@@ -79,44 +96,6 @@ def test_score_depends_on_the_pair_jointly():
     m = small_model(seed=4)
     s = naive_matrix(m, random_batch(b=2, seed=5), random_batch(b=2, seed=6))
     assert abs((s[0, 0] + s[1, 1] - s[0, 1] - s[1, 0]).item()) > 1e-4
-
-
-def test_draw_negatives_takes_distinct_pool_items_and_never_a_positive():
-    caption_image = np.repeat(np.arange(6), 2)                               # 6 images x 2 captions
-    pool = np.array([[(caption_image[c] + k) % 6 for k in (1, 2, 3, 4)] for c in range(12)])
-    queries = np.array([0, 3, 3, 11])
-    positive = lambda c, i: caption_image[c] == i                          # noqa: E731
-    neg = draw_negatives(pool, queries, 3, 5, 6, positive, np.random.default_rng(0))
-    assert neg.shape == (4, 8)
-    for q, row in zip(queries, neg):
-        assert len(set(row[:3])) == 3 and set(row[:3]) <= set(pool[q])     # hard: distinct, from the pool
-        assert all(i != caption_image[q] for i in row)                      # random ones too: never the positive
-    again = draw_negatives(pool, queries, 3, 5, 6, positive, np.random.default_rng(0))
-    np.testing.assert_array_equal(neg, again)                               # seeded
-    # Random draws only, from a tiny collection where most draws hit the positive: still none.
-    neg = draw_negatives(pool, np.arange(12), 0, 20, 2, lambda c, i: i == 0, np.random.default_rng(1))
-    assert (neg == 1).all()
-
-
-def test_list_logits_score_each_pair_against_wrong_items_in_both_directions(tmp_path):
-    store = write_store(tmp_path / "train", 6, per_image=2)
-    cap_img = np.asarray(store.caption_image)
-    cand = Candidates(images=np.array([[(cap_img[c] + k) % 6 for k in (1, 2, 3)] for c in range(12)]),
-                      captions=np.array([[(2 * i + k) % 12 for k in (2, 3, 4)] for i in range(6)]))
-    m = small_model(seed=3)
-    captions = np.array([5, 0, 8])
-    t2i, i2t = list_logits(m, store, captions, cand, 2, 1, np.random.default_rng(0), "cpu")
-    assert t2i.shape == i2t.shape == (3, 4) and t2i.requires_grad
-    # The same draws, then every listed pair scored alone against the naive matrix.
-    rng = np.random.default_rng(0)
-    neg_img = draw_negatives(cand.images, captions, 2, 1, 6, lambda c, i: cap_img[c] == i, rng)
-    neg_cap = draw_negatives(cand.captions, cap_img[captions], 2, 1, 12, lambda i, c: cap_img[c] == i, rng)
-    full = naive_matrix(m, store.image_batch(np.arange(6)), store.caption_batch(np.arange(12)))
-    for b, c in enumerate(captions):
-        i = cap_img[c]
-        assert all(cap_img[c] != j for j in neg_img[b]) and all(cap_img[k] != i for k in neg_cap[b])
-        torch.testing.assert_close(t2i[b].detach(), full[[i, *neg_img[b]], c], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(i2t[b].detach(), full[i, [c, *neg_cap[b]]], atol=1e-5, rtol=1e-5)
 
 
 def test_list_softmax_loss_matches_formula():
@@ -235,27 +214,144 @@ def test_pair_scorers_read_like_the_score_matrix_and_drop_empty_slots(tmp_path):
     np.testing.assert_allclose(i2t(q_img, q_caps), want, atol=1e-5)
 
 
+def random_lists(store, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in first stage: k random images per caption and k random captions per image."""
+    rng = np.random.default_rng(seed)
+    return (np.argsort(rng.random((store.n_captions, store.n_images)), 1)[:, :k],
+            np.argsort(rng.random((store.n_images, store.n_captions)), 1)[:, :k])
+
+
+def test_residual_model_at_init_scores_exactly_as_the_teacher(tmp_path):
+    store = write_store(tmp_path / "test", 6, per_image=2)
+    m = residual_model(seed=2)
+    teacher = score_store(m.token_encoder, store, "cpu", progress=False).numpy()
+    np.testing.assert_allclose(cross_scores(m, store, np.arange(6), np.arange(12), "cpu"), teacher, atol=1e-5)
+    torch.nn.init.normal_(m.head.weight)                           # once the head has learned something ...
+    assert not np.allclose(cross_scores(m, store, np.arange(6), np.arange(12), "cpu"), teacher, atol=1e-3)
+    assert CrossEncoder.Config(width=16, layers=1, heads=2, ff=32, inputs="features", residual=False).residual is False
+
+
+def test_words_see_the_regions_box_geometry():
+    """Moving one real region (its 6-d box only) changes the pair's score: the binding of a word
+    to a region can depend on where the region is."""
+    m, b = small_model(seed=7), random_batch(seed=8)
+    moved = b.boxes.clone()
+    moved[:, 0] = 1.0 - moved[:, 0]                                   # region 0 is always a real one
+    other = Batch(**{**b.__dict__, "boxes": moved})
+    assert (pair_logits(m, other) - pair_logits(m, b)).abs().min() > 1e-6
+
+
+def test_softmax_draws_follow_the_softmax_of_the_allowed_entries():
+    scores = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 3.0])
+    allowed = np.array([True, True, True, True, True, False])       # the best one is true: never drawn
+    n, t = 40000, 0.5
+    cols = softmax_draws(np.tile(scores, (n, 1)), np.tile(allowed, (n, 1)), 1, t, np.random.default_rng(0))[:, 0]
+    e = [math.exp(x / t) if ok else 0.0 for x, ok in zip(scores, allowed)]
+    probs = np.array([v / sum(e) for v in e])                      # naive softmax over the allowed ones
+    counts = np.bincount(cols, minlength=len(scores))
+    assert counts[5] == 0
+    expected = n * probs[:5]
+    chi2 = float(((counts[:5] - expected) ** 2 / expected).sum())
+    assert chi2 < 18.5                                             # 4 degrees of freedom, p = 0.001
+    # Several draws per row are distinct; a row with fewer allowed entries than draws pads with -1.
+    few = softmax_draws(np.tile(scores, (3, 1)), np.array([allowed, allowed, [True] + [False] * 5]), 3, t,
+                        np.random.default_rng(1))
+    assert all(len(set(r)) == 3 and 5 not in r for r in few[:2]) and list(few[2]) == [0, -1, -1]
+    again = softmax_draws(np.tile(scores, (3, 1)), np.array([allowed, allowed, [True] + [False] * 5]), 3, t,
+                          np.random.default_rng(1))
+    np.testing.assert_array_equal(few, again)                      # seeded
+
+
+def test_scene_negatives_are_never_true_of_the_caption_and_are_seeded(tmp_path):
+    store = write_store(tmp_path / "train", 8, per_image=2)
+    cap_img = np.asarray(store.caption_image)
+    truth = np.random.default_rng(3).random((8, 16)) < 0.4         # the parser's verdicts, stand-in
+    truth[cap_img, np.arange(16)] = True
+    neg = build_negatives(small_teacher(), store, random_lists(store, 6), truth, "cpu")
+    assert neg.oracle and neg.images.true.mean() > 0.2               # there is something to clean
+    captions = np.repeat(np.arange(16), 20)
+    neg_img, neg_cap, logs = draw_negatives(neg, store, captions, 2, 2, 0.1, 0.95, np.random.default_rng(0))
+    assert neg_img.shape == neg_cap.shape == (320, 4)
+    assert not truth[neg_img, captions[:, None]].any()                 # no image the caption is true of
+    assert not truth[cap_img[captions][:, None], neg_cap].any()        # no caption true of the image
+    assert logs["neg_false"] == 0.0 and 0 < logs["pool_dropped"] < 1
+    again = draw_negatives(neg, store, captions, 2, 2, 0.1, 0.95, np.random.default_rng(0))
+    np.testing.assert_array_equal(neg_img, again[0])
+    np.testing.assert_array_equal(neg_cap, again[1])
+
+
+def test_real_data_negatives_mask_the_same_image_and_keep_only_a_teacher_margin(tmp_path):
+    store = write_store(tmp_path / "train", 8, per_image=3)
+    cap_img = np.asarray(store.caption_image)
+    neg = build_negatives(small_teacher(seed=4), store, random_lists(store, 8, seed=2), None, "cpu")
+    assert not neg.oracle and "neg_false" not in draw_negatives(neg, store, np.arange(4), 1, 1, 0.1, 0.9,
+                                                                np.random.default_rng(0))[2]
+    captions = np.repeat(np.arange(24), 30)
+    margin = 0.9
+    neg_img, neg_cap, _ = draw_negatives(neg, store, captions, 3, 0, 0.1, margin, np.random.default_rng(5))
+    assert (neg_img != cap_img[captions][:, None]).all()               # never the caption's own image
+    assert (cap_img[neg_cap] != cap_img[captions][:, None]).all()      # never a caption of the same image
+    # Wherever a list has enough items below the bar, every draw comes from them.
+    for pool, query, drawn in ((neg.images, captions, neg_img), (neg.captions, cap_img[captions], neg_cap)):
+        for q, c, row in zip(query, captions, drawn):
+            ok = ~pool.true[q] & (pool.scores[q] < margin * neg.positive[c])
+            if ok.sum() >= 3:
+                assert set(row) <= set(pool.items[q][ok])
+
+
+def test_list_logits_score_each_pair_against_its_negatives_in_both_directions(tmp_path):
+    store = write_store(tmp_path / "train", 6, per_image=2)
+    cap_img = np.asarray(store.caption_image)
+    m = small_model(seed=3)
+    captions = np.array([5, 0, 8])
+    neg_img, neg_cap = np.array([[0, 1], [2, 3], [5, 0]]), np.array([[0, 1], [4, 11], [2, 3]])
+    t2i, i2t = list_logits(m, store, captions, neg_img, neg_cap, "cpu")
+    assert t2i.shape == i2t.shape == (3, 3) and t2i.requires_grad
+    full = naive_matrix(m, store.image_batch(np.arange(6)), store.caption_batch(np.arange(12)))
+    for b, c in enumerate(captions):
+        i = cap_img[c]
+        torch.testing.assert_close(t2i[b].detach(), full[[i, *neg_img[b]], c], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(i2t[b].detach(), full[i, [c, *neg_cap[b]]], atol=1e-5, rtol=1e-5)
+    assert list_accuracy(torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 3.0, -1.0]])) == pytest.approx(1 / 3)
+
+
+def test_overfits_512_training_pairs(tmp_path):
+    """The first check of any matcher: it fits a few hundred pairs almost perfectly (a masking,
+    learning-rate or pooling bug would stop it), residual on an untrained teacher."""
+    train = write_store(tmp_path / "train", 256, per_image=2, seed=1)
+    model = residual_model(seed=0, width=32, layers=1)
+    neg = build_negatives(model.token_encoder, train, random_lists(train, 8), None, "cpu")
+    captions = np.arange(train.n_captions)
+    fixed = draw_negatives(neg, train, captions, 2, 1, 0.1, 1.0, np.random.default_rng(9))[:2]
+
+    def accuracy(mdl) -> dict[str, float]:                       # every training pair, both lists
+        t2i, i2t = list_logits(mdl, train, captions, *fixed, "cpu")
+        return {"t2i": list_accuracy(t2i), "i2t": list_accuracy(i2t), "both": list_accuracy(torch.cat([t2i, i2t]))}
+
+    before = accuracy(model)
+    res = fit(model, CrossLoss(train, neg, 2, 1, 1.0, 1.0, "cpu"), train, accuracy,
+              OptimConfig(lr_decay_epochs=[], epochs=12, batch_size=32, lr=3e-3), seed=0, device="cpu",
+              checkpoint_dir=None, select_metric="both")
+    after = accuracy(model)
+    assert before["both"] < 0.6                                    # the untrained teacher is far from it
+    assert after["t2i"] >= 0.95 and after["i2t"] >= 0.95
+    assert res.history[-1]["train_acc_t2i"] > 0.9                  # the training log says so too
+
+
 def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path):
     torch.manual_seed(0)
     train = write_store(tmp_path / "train", 48, per_image=2, seed=1)
     val = write_store(tmp_path / "val", 10, per_image=2, seed=2)
-    cfg = CrossEncoder.Config(width=16, layers=1, heads=2, ff=32, dropout=0.0, inputs="features")
+    cfg = CrossEncoder.Config(width=16, layers=1, heads=2, ff=32, dropout=0.0, inputs="features", residual=False)
     model = build_model("cross", cfg, D_IMG, D_TXT)
-    rng = np.random.default_rng(0)
-    cap_img, img = np.asarray(train.caption_image), np.arange(train.n_images)
-    pools = Candidates(images=(cap_img[:, None] + np.arange(1, 9)) % 48,           # any wrong items
-                       captions=(2 * img[:, None] + np.arange(2, 10)) % 96)
-
-    def loss_fn(model, batch):
-        t2i, i2t = list_logits(model, train, batch.caption_index.numpy(), pools, 2, 1, rng, "cpu")
-        return list_softmax_loss(t2i) + list_softmax_loss(i2t), {}
+    neg = build_negatives(small_teacher(), train, random_lists(train, 8), None, "cpu")
 
     def validate(model):
         return exhaustive_metrics(model, val, "cpu", n_images=10, text_queries=0, image_queries=0, seed=0, batch_size=2048)
 
     before = validate(model.eval())["rsum"]
-    res = fit(model, loss_fn, train, lambda mdl: {k: v for k, v in validate(mdl).items()
-                                                  if isinstance(v, float)},
+    res = fit(model, CrossLoss(train, neg, 2, 1, 1.0, 1.0, "cpu"), train,
+              lambda mdl: {k: v for k, v in validate(mdl).items() if isinstance(v, float)},
               OptimConfig(lr_decay_epochs=[], epochs=12, batch_size=16, lr=3e-3), seed=0, device="cpu", checkpoint_dir=None)
     after = validate(model)
     # Chance on 10 images / 20 captions: t2i R@1 10%, i2t R@1 ~ 20%, rsum ~ 150.
@@ -265,6 +361,28 @@ def test_short_training_on_planted_signal_beats_chance_and_checkpoints(tmp_path)
     loaded = load_model(tmp_path / "cross.pt", kind="cross")
     assert isinstance(loaded, CrossEncoder)
     assert validate(loaded)["rsum"] == pytest.approx(after["rsum"])
+
+
+def test_rerank_rows_of_the_residual_at_init_equal_the_teachers(tmp_path):
+    """The evaluation's two re-ranking rows on the same lists: a model that ranks as the teacher
+    gives the teacher's row, within-family figures included, and a zero paired difference."""
+    store = write_store(tmp_path / "test", 12, per_image=2, seed=3)
+    m = residual_model(seed=5)
+    teacher = score_store(m.token_encoder, store, "cpu", progress=False).numpy()
+    g = np.random.default_rng(0)
+    img, cap = g.standard_normal((12, 8)).astype(np.float32), g.standard_normal((24, 8)).astype(np.float32)
+    retrieval = IndexedRetrieval(img, cap, IndexConfig(kind="flat"), seed=0)
+    families = np.repeat(np.arange(3), 4)
+    cap_img = np.asarray(store.caption_image)
+    fold = (slice(0, 12), slice(0, 24))
+    crossed, r_cross = rerank_row(retrieval, cap_img, 5, pair_scorers(m, store, "cpu"), img @ cap.T, fold, families)
+    taught, r_teacher = rerank_row(retrieval, cap_img, 5, matrix_scorers(teacher), img @ cap.T, fold, families)
+    assert crossed["rsum"] == pytest.approx(taught["rsum"])
+    assert crossed["within_family"] == pytest.approx(taught["within_family"])
+    assert bootstrap_interval(*r_cross, baseline=r_teacher)["rsum"] == [0.0, 0.0]
+    torch.nn.init.normal_(m.head.weight, std=10.0)                   # a different re-ranker: a different row
+    other, _ = rerank_row(retrieval, cap_img, 5, pair_scorers(m, store, "cpu"), img @ cap.T, fold, families)
+    assert other["t2i_r1"] != taught["t2i_r1"] or other["within_family"] != taught["within_family"]
 
 
 def run_stage_in(tmp_path, monkeypatch, cross_params: str):
@@ -280,6 +398,9 @@ def run_stage_in(tmp_path, monkeypatch, cross_params: str):
     teacher_cfg = AlignmentConfig(d=16, layers=1, heads=2, ff=32, dropout=0.0)
     save_checkpoint(tmp_path / "models" / "teacher.pt", build_model("alignment", teacher_cfg, D_IMG, D_TXT),
                     "alignment", teacher_cfg)
+    student_cfg = MatchingConfig(d_model=16, layers=1, heads=2, ff=32, dim=8)   # the lists it re-ranks
+    save_checkpoint(tmp_path / "models" / "student.pt", build_model("matching", student_cfg, D_IMG, D_TXT),
+                    "matching", student_cfg)
     write_params(tmp_path, {"seed": 0, "tracking": {"enabled": False}, "cross": yaml.safe_load(cross_params)})
     monkeypatch.chdir(tmp_path)
     stage.main()
@@ -313,7 +434,9 @@ def test_stage_trains_and_writes_its_outputs(tmp_path, monkeypatch):
     low, high = metrics["val_fold0"]["interval_95"]["rsum"]
     assert 0 <= low <= metrics["val_fold0"]["rsum"] <= high <= 600
     history = (tmp_path / "plots" / "cross_history.csv").read_text()
-    assert history.startswith("epoch") and "loss_t2i" in history and "loss_i2t" in history
+    assert history.startswith("epoch") and all(c in history.split("\n")[0].split(",") for c in (
+        "train_loss_t2i", "train_loss_i2t", "train_acc_t2i", "train_acc_i2t", "train_pool_dropped", "train_rsum",
+        "val_rsum"))
     # The shared seed fixes the result (dropout, shuffles and negative draws included).
     (tmp_path / "again").mkdir()
     again = run_stage_in(tmp_path / "again", monkeypatch, STAGE_PARAMS)

@@ -180,7 +180,7 @@ def test_two_stage_scores_order_each_caption_as_two_stage_t2i():
     student = rng.standard_normal((n_img, n_img * cpi)).astype(np.float32)
     teacher = rng.integers(0, 4, (n_img, n_img * cpi)).astype(np.float32)     # ties among the listed
     top = np.argsort(-student, axis=0, kind="stable")[:k].T                   # (N_cap, k) student top-k
-    composed = E.two_stage_scores(student, teacher, top)
+    composed = E.two_stage_scores(student, teacher[top, np.arange(n_img * cpi)[:, None]], top)
     ranks = M.ranks_t2i(composed, cap_img)
     for j in range(n_img * cpi):
         listed = list(top[j])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from aladin.errors import DataError
 from aladin.training.losses import positive_mask, triplet_loss
 from aladin.models.factory import build_model, load_model, save_checkpoint
-from aladin.models.scoring import POOLINGS, alignment_scores, score_embeddings, word_mask
+from aladin.models.scoring import POOLINGS, alignment_scores, paired_alignment_scores, score_embeddings, word_mask
 from aladin.retrieval.store_scores import score_store
 from aladin.store import Batch
 
@@ -58,6 +58,16 @@ def test_pooling_matches_naive_loop(sets, pooling):
     img, img_mask, cap, cap_mask = sets
     expected = naive_score(img, img_mask, cap, cap_mask, pooling)
     torch.testing.assert_close(alignment_scores(img, img_mask, cap, cap_mask, pooling, T, "all"), expected)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("words", ["all", "no_special"])
+def test_paired_scores_are_the_diagonal(sets, pooling, words):
+    img, img_mask, cap, cap_mask = sets
+    pick = torch.tensor([3, 0, 4, 1, 2])                                  # pair b: image b, caption pick[b]
+    full = alignment_scores(img, img_mask, cap, cap_mask, pooling, T, words)
+    torch.testing.assert_close(paired_alignment_scores(img, img_mask, cap[pick], cap_mask[pick], pooling, T, words),
+                               full[torch.arange(5), pick])
 
 
 def test_padding_content_is_ignored(sets):

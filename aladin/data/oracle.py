@@ -96,7 +96,13 @@ def _claim_key(claim: Claim) -> tuple:
 
 
 def oracle_scores(records: Sequence[dict[str, Any]], captions: Sequence[str]) -> np.ndarray:
-    """(N_img, N_cap) float32: 1 where the parser finds caption j true of scene record i, else 0.
+    """(N_img, N_cap) float32: 1 where the parser finds caption j true of scene record i, else 0
+    (:func:`oracle_truth` as scores)."""
+    return oracle_truth(records, captions).astype(np.float32)
+
+
+def oracle_truth(records: Sequence[dict[str, Any]], captions: Sequence[str]) -> np.ndarray:
+    """(N_img, N_cap) bool: True where the parser finds caption j true of scene record i.
 
     `records` are scene records (scenes.jsonl, :meth:`Scene.record`), `captions` any caption
     texts in the scenes' language (a caption the parser cannot read raises ParseError).
@@ -124,9 +130,9 @@ def oracle_scores(records: Sequence[dict[str, Any]], captions: Sequence[str]) ->
             by_text[text] = columns[key]
         col_of_caption[j] = by_text[text]
     if not truth:
-        return np.zeros((len(records), len(captions)), np.float32)
+        return np.zeros((len(records), len(captions)), bool)
     by_caption = np.stack(truth)[col_of_caption]                  # (N_cap, N_img): cheap row gather
-    return np.ascontiguousarray(by_caption.T, dtype=np.float32)
+    return np.ascontiguousarray(by_caption.T)
 
 
 def scene_records(path: str | Path, image_ids: Sequence[str]) -> list[dict[str, Any]] | None:

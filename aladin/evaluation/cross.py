@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from .metrics import bootstrap_interval, captions_per_image, ranks_i2t, ranks_t2i, summarize
-from .ranking import IndexedRetrieval, index_rank_fn, matrix_scorers, two_stage_rank_fn
+from .metrics import (bootstrap_interval, captions_per_image, ranks_i2t, ranks_t2i, retrieval_metrics, summarize,
+                      within_family_metrics)
+from .ranking import IndexedRetrieval, PairScorer, index_rank_fn, matrix_scorers, two_stage_rank_fn, two_stage_scores
 from ..models.cross_encoder import CrossEncoder
 from ..params import TOP_K
 from ..retrieval.store_scores import embed_store_items
@@ -174,11 +175,29 @@ def sampled_metrics(scores: np.ndarray, store: FeatureStore, n_images: int, capt
     return {**summarize(r_i2t, r_t2i), "interval_95": bootstrap_interval(r_i2t, r_t2i, seed=seed)}
 
 
-def selection_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int,
-                      seed: int, batch_size: int) -> dict[str, float]:
-    """Model selection (every epoch): the numeric metrics of all pairs of the first `n_images` images."""
-    metrics = exhaustive_metrics(model, store, device, n_images, 0, 0, seed, batch_size)
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+def subset_metrics(model: CrossEncoder, store: FeatureStore, device: torch.device | str, n_images: int,
+                   batch_size: int, families: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of all pairs of the first `n_images` images of a store and, with `families` (the
+    family of each store image: scenes data), the within-family text->image R@1 ('family_r1')."""
+    cap_img = store.caption_image
+    gallery_cap = np.flatnonzero(cap_img < n_images)
+    s = cross_scores(model, store, np.arange(n_images), gallery_cap, device, batch_size)
+    out = retrieval_metrics(s, cap_img[gallery_cap])
+    if families is not None:
+        out["family_r1"] = within_family_metrics(s, cap_img[gallery_cap], families[:n_images])["t2i_family_r1"]
+    return out
+
+
+def selection_metrics(model: CrossEncoder, val: FeatureStore, train: FeatureStore, device: torch.device | str,
+                      n_images: int, batch_size: int,
+                      families: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """Every epoch: the metrics of all pairs of the first `n_images` val images (model selection),
+    and as 'train_*' the same on the first `n_images` training images (is it fitting?);
+    `families`: (val, train) image families on the scenes data."""
+    val_fam, train_fam = (None, None) if families is None else families
+    seen = subset_metrics(model, train, device, n_images, batch_size, train_fam)
+    return {**subset_metrics(model, val, device, n_images, batch_size, val_fam),
+            **{f"train_{k}": v for k, v in seen.items() if k in ("rsum", "family_r1")}}
 
 
 def fold0_summary(model: CrossEncoder, store: FeatureStore, device: torch.device | str, select_images: int,
@@ -194,13 +213,37 @@ def fold0_summary(model: CrossEncoder, store: FeatureStore, device: torch.device
                      f"all captions{sampled}")}
 
 
+def rerank_row(retrieval: IndexedRetrieval, caption_image: np.ndarray, k: int, scorers: tuple[PairScorer, PairScorer],
+               student_scores: np.ndarray, fold: tuple[slice, slice],
+               families: np.ndarray | None) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """A re-ranker of the student's top-k on one fold, every query, both directions: its metrics
+    (with the within-family t2i R@1 of the two-stage order, scenes data) and its (i2t, t2i) ranks."""
+    score_t2i, score_i2t = scorers
+    listed: dict[str, np.ndarray] = {}
+
+    def t2i(caps: np.ndarray, imgs: np.ndarray) -> np.ndarray:      # kept for the family metric
+        listed["t2i"] = score_t2i(caps, imgs)
+        return listed["t2i"]
+
+    ranks = two_stage_rank_fn(retrieval, caption_image, k, t2i, score_i2t)(*fold)
+    row: dict[str, Any] = summarize(*ranks)
+    if families is not None:
+        i, c = fold
+        top_img = retrieval.topk(i, c, k)[0]
+        order = two_stage_scores(student_scores[i, c], listed["t2i"], np.where(top_img >= 0, top_img - i.start, -1))
+        row["within_family"] = within_family_metrics(order, caption_image[c] - i.start, families[i])
+    return row, ranks
+
+
 def cross_rows(cross: CrossEncoder, rows: dict[str, Any], retrieval: IndexedRetrieval, store: FeatureStore,
-               teacher_scores: np.ndarray, student_scores: np.ndarray, p: EvaluateParams, seed: int,
-               device: torch.device | str) -> dict[str, Any]:
+               teacher_scores: np.ndarray, student_scores: np.ndarray, families: np.ndarray | None,
+               p: EvaluateParams, seed: int, device: torch.device | str) -> dict[str, Any]:
     """The cross-encoder's rows of metrics/eval.json on fold 0: exhaustive on a query sample (and the
     teacher and exact student on the same sample), and as the re-ranker of the student's top
-    `p.cross_rerank_k` beside the teacher re-ranking the same lists. Adds fold-0 entries to the
-    teacher, student_exact, student and two_stage rows of `rows` (changed in place)."""
+    `p.cross_rerank_k`, every query, beside the teacher re-ranking the same lists, with the paired
+    bootstrap interval of the difference and (scenes: `families` of the test images) the
+    within-family t2i R@1 of both. Adds fold-0 entries to the teacher, student_exact, student and
+    two_stage rows of `rows` (changed in place)."""
     cap_img = store.caption_image
     n = min(p.cross_fold_images, store.n_images)
     sample = (n, p.cross_text_queries, p.cross_image_queries, seed)
@@ -210,8 +253,19 @@ def cross_rows(cross: CrossEncoder, rows: dict[str, Any], retrieval: IndexedRetr
         rows[name]["fold0_sampled"] = sampled_metrics(matrix, store, n, cap_q, img_q, seed)
     fold0 = (slice(0, n), slice(0, n * captions_per_image(cap_img, store.n_images)))
     k = p.cross_rerank_k
-    out["cross_rerank"] = {"rerank_k": k, "fold0": summarize(*two_stage_rank_fn(
-        retrieval, cap_img, k, *pair_scorers(cross, store, device))(*fold0))}
-    rows["two_stage"]["fold0"] = summarize(*two_stage_rank_fn(retrieval, cap_img, k, *matrix_scorers(teacher_scores))(*fold0))
+    crossed, cross_ranks = rerank_row(retrieval, cap_img, k, pair_scorers(cross, store, device), student_scores,
+                                      fold0, families)
+    taught, teacher_ranks = rerank_row(retrieval, cap_img, k, matrix_scorers(teacher_scores), student_scores,
+                                       fold0, families)
+    gain = bootstrap_interval(*cross_ranks, seed=seed, baseline=teacher_ranks)["rsum"]
+    versus: dict[str, Any] = {"rsum_difference": crossed["rsum"] - taught["rsum"], "rsum_difference_interval_95": gain}
+    if families is not None:
+        versus["t2i_family_r1_difference"] = (crossed["within_family"]["t2i_family_r1"]
+                                              - taught["within_family"]["t2i_family_r1"])
+    out["cross_rerank"] = {"rerank_k": k, "fold0": crossed, "vs_teacher_rerank": versus}
+    rows["two_stage"]["fold0"] = taught
     rows["student"]["fold0"] = summarize(*index_rank_fn(retrieval, cap_img, TOP_K)(*fold0))
+    log.info("cross-encoder re-ranking the student's top %d on fold 0: rsum %.1f vs the teacher's %.1f, "
+             "difference %.1f (95%% interval %.1f to %.1f)", k, crossed["rsum"], taught["rsum"],
+             versus["rsum_difference"], *gain)
     return out

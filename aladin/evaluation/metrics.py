@@ -259,18 +259,24 @@ def summarize(r_i2t: np.ndarray, r_t2i: np.ndarray) -> dict[str, float]:
 
 
 def bootstrap_interval(r_i2t: np.ndarray, r_t2i: np.ndarray, n_boot: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> dict[str, list[float]]:
+                       level: float = 0.95,
+                       baseline: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
     """Percentile bootstrap intervals over queries of each R@K and of rsum.
 
     Each resample draws the image queries and the caption queries with replacement (each direction
     its own queries, as sampled); a metric's interval is the central `level` of its resampled values.
+    With `baseline` (another model's (r_i2t, r_t2i) on the same queries, in the same order) the
+    intervals are of the differences, this model minus the baseline, on the same resamples (paired).
     """
     rng = np.random.default_rng(seed)
     draws: dict[str, np.ndarray] = {}
-    for name, r in (("i2t", np.asarray(r_i2t)), ("t2i", np.asarray(r_t2i))):
+    base = (np.zeros(0), np.zeros(0)) if baseline is None else baseline
+    for name, r, b in (("i2t", np.asarray(r_i2t), np.asarray(base[0])), ("t2i", np.asarray(r_t2i), np.asarray(base[1]))):
         pick = rng.integers(0, len(r), (n_boot, len(r)))                     # (n_boot, Q) resampled queries
         for k in KS:
             draws[f"{name}_r{k}"] = 100.0 * (r[pick] <= k).mean(axis=1)
+            if baseline is not None:
+                draws[f"{name}_r{k}"] -= 100.0 * (b[pick] <= k).mean(axis=1)
     draws["rsum"] = sum(draws[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in KS)
     tail = 100 * (1 - level) / 2
     return {key: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for key, v in draws.items()}

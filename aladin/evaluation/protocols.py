@@ -112,7 +112,7 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
         rows["oracle"] = oracle
     if scenes is not None:
         top_img = retrieval.topk(slice(0, store.n_images), slice(0, store.n_captions), p.rerank_k)[0]
-        two_stage = two_stage_scores(student_scores, np.asarray(teacher_scores), top_img)
+        two_stage = two_stage_scores(student_scores, scorers[0](np.arange(store.n_captions), top_img), top_img)
         rows["two_stage"]["within_family"] = binding_metrics(two_stage, store, scenes)["within_family"]
         rows["student"]["within_family"] = rows["student_exact"]["within_family"]
     depths = []
@@ -121,7 +121,9 @@ def evaluate_system(idx: IndexDir, store: FeatureStore, teacher_scores: np.ndarr
         depths.append({"rerank_k": d, **m[full_key(store.n_images)], "rsum_1k": m.get("1k", {}).get("rsum")})
 
     if cross is not None:
-        rows.update(cross_rows(cross, rows, retrieval, store, teacher_scores, student_scores, p, seed, device))
+        families = None if scenes is None else np.array([r["family"] for r in scenes])
+        rows.update(cross_rows(cross, rows, retrieval, store, teacher_scores, student_scores, families, p, seed,
+                               device))
     rows["summary"] = rsum_ratios(rows, store.n_images)
     return rows, depths
 

@@ -127,12 +127,13 @@ def index_recall(retrieval: IndexedRetrieval, k: int = 10) -> dict[str, float]:
             f"i2t_recall{k}_vs_flat": recall_vs_exact(top_cap, exact_cap)}
 
 
-def two_stage_scores(student_scores: np.ndarray, teacher_scores: np.ndarray, top_img: np.ndarray) -> np.ndarray:
+def two_stage_scores(student_scores: np.ndarray, listed_scores: np.ndarray, top_img: np.ndarray) -> np.ndarray:
     """(N_img, N_cap) float64 scores that order each caption's images as two-stage t2i does: its
-    student top-k (`top_img` (N_cap, k), -1 = empty) by teacher score, then every other image by
-    student score (shifted below any teacher score)."""
-    out = student_scores.astype(np.float64) - (np.abs(teacher_scores).max() + 2 * np.abs(student_scores).max() + 1)
+    student top-k (`top_img` (N_cap, k), -1 = empty) by the re-ranker's scores of them
+    (`listed_scores` (N_cap, k)), then every other image by student score (shifted below them)."""
     caps = np.broadcast_to(np.arange(top_img.shape[0])[:, None], top_img.shape)
     listed = top_img >= 0
-    out[top_img[listed], caps[listed]] = teacher_scores[top_img[listed], caps[listed]]
+    shift = np.abs(listed_scores[listed]).max(initial=0.0) + 2 * np.abs(student_scores).max(initial=0.0) + 1
+    out = student_scores.astype(np.float64) - shift
+    out[top_img[listed], caps[listed]] = listed_scores[listed]
     return out

@@ -13,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..params import AlignmentConfig
-from .scoring import SCORE_CHUNK_MB, alignment_scores, score_embeddings
+from .scoring import SCORE_CHUNK_MB, alignment_scores, paired_alignment_scores, score_embeddings
 from ..store import Batch
 
 
@@ -68,6 +68,12 @@ class AlignmentModel(nn.Module):
                                     self.cfg.words)
         return score_embeddings(img, img_mask, [(cap, cap_mask)], self.cfg.pooling, self.cfg.temperature,
                                 chunk_mb, progress=False, words=self.cfg.words)
+
+    def score_pairs(self, img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor,
+                    cap_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) alignment scores of aligned rows: embedded image img[b] with embedded caption cap[b]."""
+        return paired_alignment_scores(img, img_mask, cap, cap_mask, self.cfg.pooling, self.cfg.temperature,
+                                       self.cfg.words)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """In-batch (B, B) score matrix of a pair batch: images as rows, captions as columns."""

@@ -10,6 +10,12 @@ against N items costs N transformer passes, which is what makes it accurate and 
 With ``inputs: teacher_tokens`` the fusion layers read the frozen teacher encoders' contextual
 region and word embeddings instead of the raw features (ALBEF / BLIP build their matchers on
 unimodal encoders the same way); the encoders are part of the checkpoint and never trained here.
+
+With ``residual: true`` the pair's score is the teacher's alignment score plus the fusion head,
+whose last layer starts at zero: at step 0 the model ranks exactly as the teacher, and training
+learns a correction (BLIP ranks by ITM logit + first-stage similarity; a fusion model from random
+weights on a CPU budget stays near chance). The word tokens attend to region tokens that carry
+their box geometry, so a correction can tie an attribute word and its noun to one region.
 """
 from __future__ import annotations
 
@@ -76,24 +82,38 @@ class CrossEncoder(TokenInputs):
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.ff, cfg.dropout) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
+        if cfg.residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
-    # Per-item token projections: the only work that can be shared across pairs.
+    # Per-item token projections: the only work that can be shared across pairs. With `residual`
+    # each token also carries the teacher's own token (last dims), so that every caller indexing
+    # (tokens, mask) rows hands joint() what the teacher's score needs.
+    def _tokens(self, x: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, teacher_tokens], dim=-1) if self.cfg.residual else x
+
     def embed_images(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, R, d) region tokens with their type embedding, and the (B, R) validity mask."""
-        x = self.region_proj(self.region_inputs(batch)) + self.box_proj(batch.boxes)
-        return self.ln_img(x) + self.type_emb.weight[IMAGE], batch.region_mask
+        """(B, R, d) region tokens with their type embedding (+ the teacher's), and the (B, R) validity mask."""
+        regions = self.region_inputs(batch)
+        x = self.ln_img(self.region_proj(regions) + self.box_proj(batch.boxes)) + self.type_emb.weight[IMAGE]
+        return self._tokens(x, regions), batch.region_mask
 
     def embed_texts(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, d) word tokens with their type embedding, and the (B, L) validity mask."""
-        return self.ln_txt(self.word_proj(self.word_inputs(batch))) + self.type_emb.weight[TEXT], batch.token_mask
+        """(B, L, d) word tokens with their type embedding (+ the teacher's), and the (B, L) validity mask."""
+        words = self.word_inputs(batch)
+        x = self.ln_txt(self.word_proj(words)) + self.type_emb.weight[TEXT]
+        return self._tokens(x, words), batch.token_mask
 
     def joint(self, img: torch.Tensor, img_mask: torch.Tensor,
               txt: torch.Tensor, txt_mask: torch.Tensor) -> torch.Tensor:
         """Match logits (B,) of aligned rows: image tokens img[b] with word tokens txt[b]."""
-        b = img.shape[0]
-        x = torch.cat([self.cls.expand(b, -1, -1), img, txt], dim=1)              # (B, 1+R+L, d)
+        b, d = img.shape[0], self.cfg.width
+        x = torch.cat([self.cls.expand(b, -1, -1), img[..., :d], txt[..., :d]], dim=1)   # (B, 1+R+L, d)
         mask = torch.cat([img_mask.new_ones(b, 1), img_mask, txt_mask], dim=1)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, mask)
-        return self.head(self.ln_f(x[:, 0])).squeeze(-1)
+        logit = self.head(self.ln_f(x[:, 0])).squeeze(-1)
+        if not self.cfg.residual:
+            return logit
+        return self.token_encoder.score_pairs(img[..., d:], img_mask, txt[..., d:], txt_mask) + logit

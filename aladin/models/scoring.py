@@ -57,6 +57,22 @@ def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.T
     return torch.where(img_mask[..., None], img, img[:, :1])
 
 
+def _pool(sim: torch.Tensor, img_mask: torch.Tensor, cap_mask: torch.Tensor, pooling: Pooling,
+          temperature: float) -> torch.Tensor:
+    """Scores (...) of similarity blocks (..., R, L): over regions (dim -2) a max (padded regions
+    already copies of a real one) or a masked logsumexp (lse), then over the words of `cap_mask`
+    (..., L) a sum or a mean. `img_mask` broadcasts to (..., R)."""
+    if pooling == "lse":
+        sim = sim.masked_fill(~img_mask[..., None], float("-inf"))
+        best = temperature * torch.logsumexp(sim / temperature, dim=-2)   # (..., L)
+    else:
+        best = sim.max(dim=-2).values                                    # backward cheaper than amax
+    total = best.masked_fill(~cap_mask, 0.0).sum(dim=-1)
+    if pooling == "mravgw":
+        total = total / cap_mask.sum(dim=-1).clamp(min=1)
+    return total
+
+
 def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor, cap_mask: torch.Tensor,
                      pooling: Pooling, temperature: float, words: Words) -> torch.Tensor:
     """(N, M) scores of images (N, R, d) with mask (N, R) x captions (M, L, d) with mask (M, L).
@@ -70,15 +86,16 @@ def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tenso
     if pooling != "lse":
         img = _pad_with_first_region(img, img_mask)                      # cheaper than masking sim
     sim = (img.reshape(n * r, d) @ cap.reshape(m * length, d).T).view(n, r, m, length)
-    if pooling == "lse":
-        sim = sim.masked_fill(~img_mask[:, :, None, None], float("-inf"))
-        best = temperature * torch.logsumexp(sim / temperature, dim=1)   # (N, M, L)
-    else:
-        best = sim.max(dim=1).values                                     # (N, M, L); backward cheaper than amax
-    total = best.masked_fill(~cap_mask[None], 0.0).sum(dim=-1)           # (N, M)
-    if pooling == "mravgw":
-        total = total / cap_mask.sum(dim=-1).clamp(min=1)[None]
-    return total
+    return _pool(sim.transpose(1, 2), img_mask[:, None], cap_mask[None], pooling, temperature)
+
+
+def paired_alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tensor, cap_mask: torch.Tensor,
+                            pooling: Pooling, temperature: float, words: Words) -> torch.Tensor:
+    """(B,) scores of aligned pairs: image img[b] (R, d) with caption cap[b] (L, d), the diagonal
+    of :func:`alignment_scores` at B times less work (a re-ranker scores lists of pairs)."""
+    if pooling != "lse":
+        img = _pad_with_first_region(img, img_mask)
+    return _pool(img @ cap.transpose(1, 2), img_mask, word_mask(cap_mask, words), pooling, temperature)
 
 
 def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple[torch.Tensor, torch.Tensor]],

@@ -54,3 +54,21 @@ def score_store(model: torch.nn.Module, store, device: torch.device | str, chunk
         columns.append(torch.from_numpy(group).to(img.device))
     return score_embeddings(img, img_mask, caps, model.cfg.pooling, model.cfg.temperature, chunk_mb,
                             columns=columns, progress=progress, words=model.cfg.words)
+
+
+@torch.no_grad()
+def score_store_pairs(model: torch.nn.Module, store, image_idx: np.ndarray, caption_idx: np.ndarray,
+                      device: torch.device | str, batch_size: int = 4096) -> np.ndarray:
+    """(P,) teacher scores of the pairs (store image image_idx[p], store caption caption_idx[p]):
+    every distinct item embedded once, then ``model.score_pairs`` `batch_size` pairs at a time."""
+    model.eval()
+    images, img_row = np.unique(np.asarray(image_idx, dtype=np.int64), return_inverse=True)
+    captions, cap_row = np.unique(np.asarray(caption_idx, dtype=np.int64), return_inverse=True)
+    img, img_mask = embed_store_items(model, store, "image", device, images)
+    cap, cap_mask = embed_store_items(model, store, "caption", device, captions)
+    out = []
+    for s in range(0, len(img_row), batch_size):
+        i = torch.as_tensor(img_row[s:s + batch_size], device=img.device)
+        c = torch.as_tensor(cap_row[s:s + batch_size], device=cap.device)
+        out.append(model.score_pairs(img[i], img_mask[i], cap[c], cap_mask[c]).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)

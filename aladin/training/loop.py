@@ -149,9 +149,9 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
     """Train `model` in place; on return it holds the best weights (by `select_metric`, higher = better).
 
     loss_fn(model, batch) -> (loss, dict of floats to average and log); validate(model) -> metrics
-    (called in eval mode under no_grad). `config` (the stage's params) joins the checkpoint
-    fingerprint so a checkpoint of other params is never resumed. `on_epoch_start(epoch)` runs
-    before each epoch's training (e.g. a loss schedule); `on_epoch_end(epoch, row)` after the
+    (called in eval mode under no_grad; logged as val_*, except its own train_* figures). `config`
+    (the stage's params) joins the checkpoint fingerprint so a checkpoint of other params is never
+    resumed. `on_epoch_start(epoch)` runs before each epoch's training (e.g. a loss schedule); `on_epoch_end(epoch, row)` after the
     epoch's checkpoint is written (tests use it to simulate an interruption). `pair_order(rng)`
     gives an epoch's order of training pairs from its generator (default: a uniform permutation;
     :mod:`aladin.training.batching` composes batches of teacher neighbours); batches are its contiguous runs.
@@ -229,8 +229,9 @@ def fit(model: nn.Module, loss_fn: LossFn, train_store: FeatureStore,
             with torch.no_grad():
                 val = validate(model)
             model.train()
+            # validate() may also measure the training set: its 'train_*' figures keep their name.
             row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v / len(batches) for k, v in sums.items()},
-                   **{f"val_{k}": float(v) for k, v in val.items()}}
+                   **{k if k.startswith("train_") else f"val_{k}": float(v) for k, v in val.items()}}
             history.append(row)
             if select_metric not in val:
                 raise KeyError(f"validate() returned no {select_metric!r} (got {', '.join(val)})")
