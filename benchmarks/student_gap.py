@@ -6,8 +6,9 @@ distilled on.
         --run "model.d_model=256,model.ff=512" --run "train_images=2500" --out gap.jsonl
 
 Each --run is comma-separated `key=value` overrides of params.yaml's `distill` section (YAML
-values; `train_images=N` distils on the pairs of the first N training images only). Reads
-features/{train,val} and models/teacher.pt under --root. Per epoch it prints and writes:
+values; `train_images=N` distils on the pairs of the first N training images only,
+`transfer_images=N` adds those of the first N transfer scenes, features/transfer, data.n_transfer).
+Reads features/ and models/teacher.pt under --root. Per epoch it prints and writes:
 
 - val rsum (1K val images, both directions) and its ratio to the teacher's;
 - the same on the first `--fit-images` TRAINING images (data the student was distilled on): a
@@ -37,8 +38,9 @@ from aladin.models.factory import build_model, load_model
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.retrieval.store_scores import score_store
 from aladin.runtime import run_stage, seed_everything, set_threads
-from aladin.store import FeatureStore, open_matching_splits
+from aladin.store import FeatureStore, open_distillation_set, open_split
 from aladin.training.distillation import StudentLoss, teacher_scorer
+from aladin.training.lists import wider_lists
 from aladin.training.loop import fit
 
 
@@ -90,7 +92,8 @@ def main() -> None:
     base = params.load("distill")
     set_threads(base.threads)
     device = torch.device("cpu")
-    train, val = open_matching_splits(Path("features"), "train", "val")
+    train, val = open_distillation_set(Path("features")), open_split(Path("features"), "val")
+    n_train = open_split(Path("features"), "train").n_images        # transfer images come after these
     teacher = load_model(Path("models/teacher.pt"), device, kind="alignment")
     n_fit = min(args.fit_images, train.n_images)
     fit_caps = np.flatnonzero(np.asarray(train.caption_image) < n_fit)
@@ -103,12 +106,18 @@ def main() -> None:
 
     for spec in args.run or [""]:
         changes = overrides(spec)
-        n_images = int(changes.pop("train_images", train.n_images))
+        n_images = int(changes.pop("train_images", n_train))
+        n_transfer = int(changes.pop("transfer_images", 0))
+        if n_transfer > train.n_images - n_train:
+            raise SystemExit(f"--run: transfer_images={n_transfer}, features/transfer holds {train.n_images - n_train}")
         cfg = distill_config(changes)
-        pairs = np.flatnonzero(np.asarray(train.caption_image) < n_images)
+        image_of = np.asarray(train.caption_image)
+        pairs = np.flatnonzero((image_of < n_images) | ((image_of >= n_train) & (image_of < n_train + n_transfer)))
         seed_everything(seed)
         student = build_model("matching", cfg.model, train.manifest["d_img"], train.manifest["d_txt"])
-        loss = StudentLoss(cfg.loss, scores)
+        lists = wider_lists(cfg.lists.hard, cfg.lists.pool, cfg.contrastive_weight > 0, teacher, train,
+                            Path("data/scenes.jsonl"), device)
+        loss = StudentLoss(cfg.loss, scores, lists)
 
         def validate(model: torch.nn.Module) -> dict[str, float]:
             v = retrieval_metrics(encode_images(model, val) @ encode_texts(model, val).T, val.caption_image)
@@ -117,16 +126,16 @@ def main() -> None:
                     "fit_ratio": f["rsum"] / ref["fit"]}
 
         t0 = time.process_time()
-        result = fit(student, loss, train, validate, cfg.optim, seed, device, None,
-                     on_epoch_start=loss.on_epoch_start, pair_order=lambda rng: rng.permutation(pairs))
-        cpu = time.process_time() - t0
-        for row in result.history:
-            line = {"run": spec or "default", "train_images": n_images, "seed": seed, "cpu_s": round(cpu, 1),
-                    **{k: round(v, 4) for k, v in row.items()}}
+
+        def record(epoch: int, row: dict[str, float]) -> None:
+            line = {"run": spec or "default", "train_images": n_images, "transfer_images": n_transfer, "seed": seed,
+                    "cpu_s": round(time.process_time() - t0, 1), **{k: round(v, 4) for k, v in row.items()}}
             print(json.dumps(line), flush=True)
             if args.out:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(line) + "\n")
+        fit(student, loss, train, validate, cfg.optim, seed, device, None, on_epoch_start=loss.on_epoch_start,
+            on_epoch_end=record, pair_order=lambda rng: rng.permutation(pairs))
 
 
 if __name__ == "__main__":

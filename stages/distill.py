@@ -18,9 +18,9 @@ from aladin.evaluation.validation import student_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_distillation_set, open_matching_splits
-from aladin.training.batching import teacher_candidates, teacher_neighbour_batches
+from aladin.training.batching import teacher_neighbour_batches
 from aladin.training.distillation import StudentLoss, teacher_scorer
-from aladin.training.lists import PairTruth, WiderLists
+from aladin.training.lists import wider_lists
 from aladin.training.loop import TrainSpec, train_stage
 
 log = logging.getLogger("aladin")
@@ -59,11 +59,8 @@ def main() -> None:
         if cfg.batches.group > 1:
             pair_order = teacher_neighbour_batches(teacher_model, train, cfg.batches.group, cfg.batches.pool,
                                                    device)
-    lists = None
-    if not baseline and (cfg.lists.hard or cfg.contrastive_weight):
-        candidates = teacher_candidates(teacher_model, train, cfg.lists.pool, device) if cfg.lists.hard else None
-        truth = PairTruth.for_store(train, DATA / "scenes.jsonl") if cfg.contrastive_weight else None
-        lists = WiderLists(train, candidates, cfg.lists.hard, truth)
+    lists = None if baseline else wider_lists(cfg.lists.hard, cfg.lists.pool, cfg.contrastive_weight > 0, teacher_model,
+                                              train, DATA / "scenes.jsonl", device)
     loss = StudentLoss(cfg.loss, teacher, lists)
     used = dataclasses.asdict(cfg)
     if baseline:

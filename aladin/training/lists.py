@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.oracle import oracle_scores, scene_records
+from ..data.oracle import oracle_truth, scene_records
 from ..store import Batch, FeatureStore
-from .batching import Candidates
+from .batching import Candidates, teacher_candidates
 
 log = logging.getLogger("aladin")
 
@@ -50,7 +50,7 @@ class PairTruth:
         if records is None:
             log.info("labels: same image only (%s absent: no scene records)", scenes)
             return cls(store.caption_image)
-        truth = oracle_scores(records, store.captions) > 0
+        truth = oracle_truth(records, store.captions)
         truth[store.caption_image, np.arange(store.n_captions)] = True       # a caption is true of its image
         log.info("labels: caption parser, %.2f true images per caption", truth.sum() / store.n_captions)
         return cls(store.caption_image, truth)
@@ -87,3 +87,13 @@ class WiderLists:
         same = torch.from_numpy(np.asarray(self.store.caption_image)[captions][None, :] == images[:, None])
         truth = None if self.truth is None else self.truth(images, captions).to(device)
         return batch, same.to(device), truth
+
+
+def wider_lists(hard: int, pool: int, labelled: bool, teacher: torch.nn.Module, store: FeatureStore,
+                scenes: Path, device: torch.device | str) -> WiderLists | None:
+    """The distillation lists' extras from params (`distill.lists`, `contrastive_weight` > 0 =
+    `labelled`): None when both are off (plain in-batch lists)."""
+    if not (hard or labelled):
+        return None
+    candidates = teacher_candidates(teacher, store, pool, device) if hard else None
+    return WiderLists(store, candidates, hard, PairTruth.for_store(store, scenes) if labelled else None)
