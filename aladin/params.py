@@ -338,6 +338,7 @@ class ListsConfig:
 
     hard: int = 0                # per pair: wrong images of its caption, wrong captions of its image; 0 = in-batch
     pool: int = 16               # drawn uniformly from the teacher's top-`pool` of each
+    siblings: bool = False       # scenes: each pair's image also brings its family's other scenes
 
     def validate(self) -> None:
         require(self.hard >= 0, "hard", "must be >= 0 (0 = in-batch lists only)")

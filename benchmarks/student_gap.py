@@ -115,7 +115,7 @@ def main() -> None:
         pairs = np.flatnonzero((image_of < n_images) | ((image_of >= n_train) & (image_of < n_train + n_transfer)))
         seed_everything(seed)
         student = build_model("matching", cfg.model, train.manifest["d_img"], train.manifest["d_txt"])
-        lists = wider_lists(cfg.lists.hard, cfg.lists.pool, cfg.contrastive_weight > 0, teacher, train,
+        lists = wider_lists(cfg.lists, cfg.contrastive_weight > 0, teacher, train,
                             Path("data/scenes.jsonl"), device)
         loss = StudentLoss(cfg.loss, scores, lists)
 

@@ -59,7 +59,7 @@ def main() -> None:
         if cfg.batches.group > 1:
             pair_order = teacher_neighbour_batches(teacher_model, train, cfg.batches.group, cfg.batches.pool,
                                                    device)
-    lists = None if baseline else wider_lists(cfg.lists.hard, cfg.lists.pool, cfg.contrastive_weight > 0, teacher_model,
+    lists = None if baseline else wider_lists(cfg.lists, cfg.contrastive_weight > 0, teacher_model,
                                               train, DATA / "scenes.jsonl", device)
     loss = StudentLoss(cfg.loss, teacher, lists)
     used = dataclasses.asdict(cfg)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aladin.training.batching import Candidates
-from aladin.training.lists import PairTruth, WiderLists, draw_candidates
+from aladin.training.lists import PairTruth, WiderLists, draw_candidates, family_siblings
 from aladin.training.losses import distillation_loss, multi_positive_loss
 from tests._stores import random_store
 
@@ -122,3 +122,48 @@ def test_widened_batch_keeps_the_pairs_first_and_labels_every_cell(tmp_path):
     torch.testing.assert_close(wide.regions[4, :int(store.region_counts[wide.image_index[4]])],
                                torch.from_numpy(np.asarray(store.regions[int(wide.image_index[4])],
                                                            dtype=np.float32))[:int(store.region_counts[wide.image_index[4]])])
+
+
+def test_family_siblings_are_the_other_members():
+    sib = family_siblings(["a", "b", "a", "a", "c", "b"])
+    assert [sorted(s[s >= 0].tolist()) for s in sib] == [[2, 3], [5], [0, 3], [0, 2], [], [1]]
+
+
+def test_siblings_join_the_images_and_a_true_sibling_is_labelled_true(tmp_path):
+    store = random_store(tmp_path / "s", n_img=6, cpi=2)
+    siblings = family_siblings(["f0", "f0", "f0", "f1", "f1", "f2"])
+    parser = np.zeros((6, 12), bool)
+    parser[1, 0] = True                                   # caption 0 (of image 0) is also true of its sibling 1
+    lists = WiderLists(store, None, 0, PairTruth(store.caption_image, parser), siblings)
+    wide, same, truth = lists.widen(store.pair_batch([0, 6]), np.random.default_rng(0))
+    assert wide.image_index.tolist() == [0, 3, 1, 2, 4]   # the pairs' images, then 0's and 3's siblings
+    assert wide.caption_index.tolist() == [0, 6]
+    assert truth[:, 0].tolist() == [True, False, True, False, False]
+    assert not same[2, 0] and truth[2, 0]                 # a negative for distillation's duplicates rule,
+                                                          # a positive for the labelled term
+
+
+def test_wide_labelled_lists_train_the_student(tmp_path):
+    from aladin.evaluation.validation import student_metrics
+    from aladin.training.distillation import LossConfig, StudentLoss
+    from aladin.training.loop import OptimConfig, fit
+    from tests.test_student import oracle_teacher, small_student, write_store
+
+    train = write_store(tmp_path / "train", n_images=48, per_image=2, seed=0)
+    val = write_store(tmp_path / "val", n_images=24, per_image=2, seed=1)
+    rng = np.random.default_rng(0)
+    pool = Candidates(images=np.stack([rng.permutation(np.setdiff1d(np.arange(48), [i]))[:6]
+                                       for i in train.caption_image]),
+                      captions=np.stack([rng.permutation(np.flatnonzero(train.caption_image != i))[:6]
+                                         for i in range(48)]))
+    lists = WiderLists(train, pool, 2, PairTruth(train.caption_image))
+    torch.manual_seed(0)
+    student = small_student(dropout=0.0)
+    before = student_metrics(student, val)["rsum"]
+    loss_fn = StudentLoss(LossConfig(temperature=0.1, contrastive_weight=1.0), oracle_teacher(train), lists)
+    loss, logs = loss_fn(student, train.pair_batch(np.arange(16)))
+    assert set(logs) == {"distill", "distill_floor", "contrastive"} and torch.isfinite(loss)
+    result = fit(student, loss_fn, train, lambda m: student_metrics(m, val),
+                 OptimConfig(lr_decay_epochs=[], epochs=6, batch_size=16, lr=3e-3), seed=0, device="cpu",
+                 checkpoint_dir=None, on_epoch_start=loss_fn.on_epoch_start)
+    assert result.best_metrics["rsum"] > before + 100
