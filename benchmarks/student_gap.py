@@ -14,6 +14,7 @@ Reads features/ and models/teacher.pt under --root. Per epoch it prints and writ
 - the same on the first `--fit-images` TRAINING images (data the student was distilled on): a
   ratio as low there as on val means the student does not fit the teacher, it is not a
   generalisation gap;
+- val within-family text->image R@1 on the scenes data (binding; chance 100 / family size);
 - the distillation loss against its floor, the teacher's own target entropy on the same
   lists (the loss equals the floor only when the student reproduces the teacher's lists).
 """
@@ -33,7 +34,8 @@ import yaml
 
 from aladin import params
 from aladin.config import from_dict, section
-from aladin.evaluation.metrics import retrieval_metrics
+from aladin.data.oracle import scene_records
+from aladin.evaluation.metrics import retrieval_metrics, within_family_metrics
 from aladin.models.factory import build_model, load_model
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.retrieval.store_scores import score_store
@@ -103,6 +105,8 @@ def main() -> None:
                                     np.asarray(train.caption_image)[fit_caps])["rsum"]}
     print(f"teacher rsum: val {ref['val']:.1f}, first {n_fit} training images {ref['fit']:.1f}")
     scores = teacher_scorer(teacher, train, cached=True)
+    records = scene_records(Path("data/scenes.jsonl"), val.image_ids)
+    families = None if records is None else [r["family"] for r in records]
 
     for spec in args.run or [""]:
         changes = overrides(spec)
@@ -120,10 +124,13 @@ def main() -> None:
         loss = StudentLoss(cfg.loss, scores, lists)
 
         def validate(model: torch.nn.Module) -> dict[str, float]:
-            v = retrieval_metrics(encode_images(model, val) @ encode_texts(model, val).T, val.caption_image)
-            f = subset_metrics(model, train, n_fit)
-            return {"rsum": v["rsum"], "ratio": v["rsum"] / ref["val"], "fit_rsum": f["rsum"],
-                    "fit_ratio": f["rsum"] / ref["fit"]}
+            scores = encode_images(model, val) @ encode_texts(model, val).T
+            v, f = retrieval_metrics(scores, val.caption_image), subset_metrics(model, train, n_fit)
+            out = {"rsum": v["rsum"], "ratio": v["rsum"] / ref["val"], "fit_rsum": f["rsum"],
+                   "fit_ratio": f["rsum"] / ref["fit"]}
+            if families is not None:
+                out["family_r1"] = within_family_metrics(scores, val.caption_image, families)["t2i_family_r1"]
+            return out
 
         t0 = time.process_time()
 
