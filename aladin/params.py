@@ -336,7 +336,7 @@ class BatchesConfig:
 class ListsConfig:
     """`distill.lists`: each pair's teacher candidates join the batch's lists (aladin.training.lists)."""
 
-    hard: int = 0                # per pair: wrong images of its caption, wrong captions of its image; 0 = in-batch
+    hard: int = 3                # per pair: wrong images of its caption, wrong captions of its image; 0 = in-batch
     pool: int = 16               # drawn uniformly from the teacher's top-`pool` of each
     siblings: bool = False       # scenes: each pair's image also brings its family's other scenes
 
