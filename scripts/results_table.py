@@ -191,7 +191,8 @@ def regimes(metrics: Path) -> list[str]:
 
     def cell(run: dict, *keys: str, fmt: str = "{:.1f}") -> str:
         figs = [run["figures"].get(k) for k in keys]
-        if any(f is None for f in figs):
+        single = run["figures"].get("oracle_family_r1", {}).get("mean") == 100.0   # families of one: no ranking
+        if any(f is None for f in figs) or (single and "family" in keys[0]):
             return "–"
         return " / ".join(fmt.format(f["mean"]) + (" ± " + fmt.format(f["std"]) if f["std"] else "") for f in figs)
     rows = [("teacher rsum 5K / 1K", ("teacher_5k_rsum", "teacher_1k_rsum"), "{:.1f}"),

@@ -19,7 +19,6 @@ import torch
 from aladin import distributed
 from aladin.training.distillation import CachedTeacher, LossConfig, StudentLoss
 from aladin.errors import ConfigError
-from aladin.training.batching import Candidates
 from aladin.training.cross import list_logits
 from aladin.training.losses import list_softmax_loss, positive_mask, triplet_loss
 from aladin.models.factory import build_model
@@ -32,7 +31,7 @@ from tests._params import run_stage, write_params
 D_IMG, D_TXT, R, L, CPI = 12, 10, 3, 4, 2
 TEACHER = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1}
 STUDENT = {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8}
-CROSS = {"width": 16, "layers": 1, "heads": 2, "ff": 16, "inputs": "features"}
+CROSS = {"width": 16, "layers": 1, "heads": 2, "ff": 16, "inputs": "features", "residual": False}
 STEP = dict(batch_size=8, lr=1e-2, weight_decay=0.5)     # the one-step checks' optimiser
 CLIP = 0.05
 
@@ -42,14 +41,14 @@ def teacher_loss(model, batch):
 
 
 def cross_loss(store: FeatureStore):
-    """Listwise cross-encoder loss; the hard-negative pools are the next items (any wrong ones do)."""
+    """Listwise cross-encoder loss; each query's negatives are the next items (any wrong ones do)."""
     img, cap = np.arange(store.n_images), np.arange(store.n_captions)
-    pools = Candidates(images=(store.caption_image[:, None] + [[1, 2]]) % store.n_images,
-                       captions=(cap[CPI * img][:, None] + [[CPI, CPI + 1]]) % store.n_captions)
+    neg_img = (store.caption_image[:, None] + [[1, 2]]) % store.n_images           # per caption
+    neg_cap = (cap[CPI * img][:, None] + [[CPI, CPI + 1]]) % store.n_captions         # per image
 
     def loss(model, batch):
-        rng = np.random.default_rng(int(torch.randint(2**62, ())))
-        t2i, i2t = list_logits(model, store, batch.caption_index.numpy(), pools, 1, 1, rng, "cpu")
+        caps = batch.caption_index.numpy()
+        t2i, i2t = list_logits(model, store, caps, neg_img[caps], neg_cap[store.caption_image[caps]], "cpu")
         return list_softmax_loss(t2i) + list_softmax_loss(i2t), {}
     return loss
 
