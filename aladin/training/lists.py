@@ -88,6 +88,7 @@ class WiderLists:
         if hard and candidates is None:
             raise ValueError("hard > 0 needs the teacher's candidates")
         self.store, self.candidates, self.hard, self.truth, self.siblings = store, candidates, hard, truth, siblings
+        self.same_image = PairTruth(store.caption_image)                    # distillation's duplicates rule
 
     def widen(self, batch: Batch, rng: np.random.Generator) -> tuple[Batch, torch.Tensor, torch.Tensor | None]:
         """(batch with the extra images and captions appended after its B pairs, (N_img, N_cap)
@@ -108,9 +109,8 @@ class WiderLists:
                           image_index=img.image_index, tokens=cap.tokens, token_mask=cap.token_mask,
                           caption_index=cap.caption_index).to(batch.image_index.device)
         device = batch.image_index.device
-        same = torch.from_numpy(np.asarray(self.store.caption_image)[captions][None, :] == images[:, None])
         truth = None if self.truth is None else self.truth(images, captions).to(device)
-        return batch, same.to(device), truth
+        return batch, self.same_image(images, captions).to(device), truth
 
 
 def wider_lists(cfg: ListsConfig, labelled: bool, teacher: torch.nn.Module, store: FeatureStore,
