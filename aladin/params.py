@@ -82,6 +82,19 @@ class MatchingConfig:
 
 
 @dataclass(frozen=True)
+class CodebookConfig:
+    codes: int = 2048              # K, the size of the global embedding (aladin/models/codebook.py)
+    kmeans_iters: int = 25         # spherical k-means of the teacher's training word vectors
+
+    def validate(self) -> None:
+        require(self.codes >= 2, "codes", "must be >= 2")
+        require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
+
+
+StudentKind = Literal["codebook", "transformer"]
+
+
+@dataclass(frozen=True)
 class CrossEncoderConfig:
     width: int = 128
     layers: int = 2
@@ -336,7 +349,7 @@ class BatchesConfig:
 class ListsConfig:
     """`distill.lists`: each pair's teacher candidates join the batch's lists (aladin.training.lists)."""
 
-    hard: int = 3                # per pair: wrong images of its caption, wrong captions of its image; 0 = in-batch
+    hard: int = 0                # per pair: wrong images of its caption, wrong captions of its image; 0 = in-batch
     pool: int = 16               # drawn uniformly from the teacher's top-`pool` of each
     siblings: bool = False       # scenes: each pair's image also brings its family's other scenes
 
@@ -349,6 +362,8 @@ class ListsConfig:
 class DistillParams(LossConfig, Training):
     """The student's section: its loss keys (mode, temperatures, ...) are LossConfig's."""
 
+    student: StudentKind         # codebook (the teacher's score factorised) | transformer (`model`, the paper's)
+    codebook: CodebookConfig
     model: MatchingConfig
     optim: OptimConfig
     batches: BatchesConfig
@@ -364,6 +379,17 @@ class DistillParams(LossConfig, Training):
                 "teacher-neighbour batches need the teacher: 1 with mode triplet")
         require(self.lists.hard == 0 or self.mode != "triplet", "lists.hard",
                 "teacher candidates need the teacher: 0 with mode triplet")
+        require(self.student == "transformer" or self.mode != "triplet", "student",
+                "the codebook is the teacher's: transformer with mode triplet")
+
+    @property
+    def kind(self) -> str:
+        """The student's model kind (aladin.models.factory.MODELS)."""
+        return "codebook" if self.student == "codebook" else "matching"
+
+    @property
+    def head_config(self) -> "CodebookConfig | MatchingConfig":
+        return self.codebook if self.student == "codebook" else self.model
 
     @property
     def loss(self) -> LossConfig:
@@ -372,6 +398,7 @@ class DistillParams(LossConfig, Training):
 
 # The distill keys the "without distillation" student reads (its params in dvc.yaml, checked by a
 # test): a distillation-only key such as `temperature` must not re-run it.
+# It is always the transformer (`model`): a student with no teacher has no codebook.
 TRIPLET_BASELINE_KEYS = ("model", "optim", "margin", "warmup_epochs", "device", "threads", "nproc")
 
 

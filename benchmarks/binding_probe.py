@@ -36,7 +36,7 @@ from aladin.evaluation.binding import (bag_features, binding_probe, caption_desc
 from aladin.errors import DataError
 from aladin.features import store_backbones
 from aladin.io import write_json
-from aladin.models.factory import load_model
+from aladin.models.factory import STUDENTS, load_model
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.runtime import run_stage, set_threads
 from aladin.store import FeatureStore, open_split
@@ -93,7 +93,7 @@ def main() -> None:
     train, test = open_split(root / "features", "train"), open_split(root / "features", "test")
     recs = {s.path.name: scene_records(root / "data" / "scenes.jsonl", s.image_ids) for s in (train, test)}
     models = {"teacher": load_model(root / "models" / "teacher.pt", args.device, kind="alignment")}
-    models.update({s: load_model(root / "models" / f"{s}.pt", args.device, kind="matching") for s in args.students})
+    models.update({s: load_model(root / "models" / f"{s}.pt", args.device, kind=STUDENTS) for s in args.students})
     students = {s: models[s] for s in args.students}
     report: dict[str, Any] = {"teacher_temperature": temperature}
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from aladin.latency.cross import text_search_fn
-from aladin.models.factory import load_cross
+from aladin.models.factory import STUDENTS, load_cross
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.errors import DataError
 from aladin.features import load_text_backbone, text_batch
@@ -57,7 +57,7 @@ def main() -> None:
     cross = load_cross(args.cross)
     if cross is None:
         raise DataError(f"{args.cross}: the cross stage was skipped (cross.enabled false)")
-    student = load_model(args.student, kind="matching")
+    student = load_model(args.student, kind=STUDENTS)
     rng = np.random.default_rng(0)
     out: dict[str, object] = {"threads": args.threads, "device": "cpu", "split": args.split}
     backbone_ms = 0.0

@@ -36,12 +36,12 @@ from aladin import params
 from aladin.config import from_dict, section
 from aladin.data.oracle import scene_records
 from aladin.evaluation.metrics import retrieval_metrics, within_family_metrics
-from aladin.models.factory import build_model, load_model
+from aladin.models.factory import load_model
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.retrieval.store_scores import score_store
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import FeatureStore, open_distillation_set, open_split
-from aladin.training.distillation import StudentLoss, teacher_scorer
+from aladin.training.distillation import StudentLoss, build_student, teacher_scorer
 from aladin.training.lists import wider_lists
 from aladin.training.loop import fit
 
@@ -118,7 +118,7 @@ def main() -> None:
         image_of = np.asarray(train.caption_image)
         pairs = np.flatnonzero((image_of < n_images) | ((image_of >= n_train) & (image_of < n_train + n_transfer)))
         seed_everything(seed)
-        student = build_model("matching", cfg.model, train.manifest["d_img"], train.manifest["d_txt"])
+        student = build_student(cfg, train, teacher, seed)
         lists = wider_lists(cfg.lists, cfg.contrastive_weight > 0, teacher, train,
                             Path("data/scenes.jsonl"), device)
         loss = StudentLoss(cfg.loss, scores, lists)
@@ -141,6 +141,8 @@ def main() -> None:
             if args.out:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(line) + "\n")
+        with torch.no_grad():
+            record(-1, validate(student.eval()))           # epoch -1: before training (the codebook's k-means)
         fit(student, loss, train, validate, cfg.optim, seed, device, None, on_epoch_start=loss.on_epoch_start,
             on_epoch_end=record, pair_order=lambda rng: rng.permutation(pairs))
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from aladin import distributed, params
 from aladin.evaluation.validation import student_metrics
-from aladin.models.factory import build_model, load_model
+from aladin.models.factory import load_model
 from aladin.runtime import run_stage, seed_everything, set_threads
 from aladin.store import open_distillation_set, open_matching_splits
 from aladin.training.batching import teacher_neighbour_batches
-from aladin.training.distillation import StudentLoss, teacher_scorer
+from aladin.training.distillation import StudentLoss, build_student, reads_teacher_tokens, teacher_scorer
 from aladin.training.lists import wider_lists
 from aladin.training.loop import TrainSpec, train_stage
 
@@ -35,7 +35,7 @@ def main() -> None:
     cfg = params.load("distill")
     device = distributed.start(cfg.nproc, cfg.device, "distill.nproc")   # relaunches under torchrun if > 1
     if baseline:
-        cfg = dataclasses.replace(cfg, mode="triplet")
+        cfg = dataclasses.replace(cfg, mode="triplet", student="transformer")
     seed, tracking = params.seed(), params.load("tracking")
     set_threads(cfg.threads)
     # The distillation set: train plus the transfer scenes (data.n_transfer); the baseline has no
@@ -45,12 +45,10 @@ def main() -> None:
         train = open_distillation_set(FEATURES)
         log.info("distillation set: %s, %d pairs", " + ".join(train.manifest.get("parts", ["train"])), train.n_captions)
 
-    needs_teacher = cfg.mode != "triplet" or cfg.model.inputs == "teacher_tokens"
+    needs_teacher = cfg.mode != "triplet" or reads_teacher_tokens(cfg)
     teacher_model = load_model(TEACHER, device, kind="alignment") if needs_teacher else None
     seed_everything(seed)
-    # teacher_tokens: the student reads the frozen teacher encoders' tokens (the baseline too: same backbone)
-    encoder = {"token_encoder": teacher_model} if cfg.model.inputs == "teacher_tokens" else {}
-    student = build_model("matching", cfg.model, train.manifest["d_img"], train.manifest["d_txt"], **encoder)
+    student = build_student(cfg, train, teacher_model, seed)
     teacher, pair_order = None, None
     if cfg.mode != "triplet":
         teacher = teacher_scorer(teacher_model, train, cached=cfg.teacher_cache)
@@ -66,7 +64,7 @@ def main() -> None:
     if baseline:
         used = {k: used[k] for k in params.TRIPLET_BASELINE_KEYS}
     train_stage(TrainSpec(
-        name="student_triplet" if baseline else "student", kind="matching", model=student, model_cfg=cfg.model,
+        name="student_triplet" if baseline else "student", kind=cfg.kind, model=student, model_cfg=cfg.head_config,
         loss=loss, train=train, validate=partial(student_metrics, store=val), optim=cfg.optim, seed=seed,
         device=device, params={"seed": seed, "distill": used}, tracking=tracking,
         on_epoch_start=loss.on_epoch_start, summary=loss.summary, pair_order=pair_order))

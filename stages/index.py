@@ -13,7 +13,7 @@ from aladin import params
 from aladin.retrieval.encode import encode_images, encode_texts
 from aladin.io import sha256_file
 from aladin.retrieval.index import save_index_dir
-from aladin.models.factory import load_model
+from aladin.models.factory import STUDENTS, load_model
 from aladin.runtime import resolve_device, run_stage, set_threads
 from aladin.store import open_split
 
@@ -26,7 +26,7 @@ def main() -> None:
     set_threads(p.threads)
     faiss.omp_set_num_threads(p.threads)
     store = open_split(FEATURES, "test")
-    student = load_model(STUDENT, resolve_device(p.device), kind="matching")
+    student = load_model(STUDENT, resolve_device(p.device), kind=STUDENTS)
     image_emb = encode_images(student, store, batch_size=p.batch_size)
     caption_emb = encode_texts(student, store, batch_size=p.batch_size)
     t0 = time.perf_counter()

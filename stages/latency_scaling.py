@@ -15,7 +15,8 @@ FEATURES, OUT = Path("features"), Path("metrics/latency_scaling.json")
 
 
 def main() -> None:
-    cfg, index, dim = params.load("latency"), params.load("index"), params.load("distill").model.dim
+    cfg, index, distill = params.load("latency"), params.load("index"), params.load("distill")
+    dim = distill.codebook.codes if distill.student == "codebook" else distill.model.dim     # the student's D
     set_threads(cfg.threads)
     store = open_split(FEATURES, "test")
     rows = scaling_latency(dim, store.n_captions // store.n_images, index.index, cfg, params.seed())

@@ -28,7 +28,7 @@ TINY = {
     "data": {"n_train": 24, "n_val": 8, "n_test": 8, "image_size": 64, "family_size": 4, "workers": 1},
     "features": {"image_size": 64, "batch_size": 16, "num_workers": 0, "device": "cpu"},
     "teacher": {"optim": {"epochs": 2, "batch_size": 16, "lr_decay_epochs": []}, "device": "cpu", "threads": 1},
-    "distill": {"optim": {"epochs": 2, "batch_size": 16}, "device": "cpu", "threads": 1},
+    "distill": {"codebook": {"codes": 16}, "optim": {"epochs": 2, "batch_size": 16}, "device": "cpu", "threads": 1},
     "cross": {"enabled": True, "optim": {"epochs": 1, "batch_size": 8}, "select_images": 8, "eval_images": 8,
               "eval_text_queries": 8, "eval_image_queries": 4, "device": "cpu", "threads": 1},
     "index": {"nlist": 2, "nprobe": 1, "pq_m": 8, "device": "cpu"},

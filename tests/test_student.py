@@ -276,7 +276,8 @@ def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatc
     save_checkpoint(tmp_path / "models" / "teacher.pt", build_model("alignment", teacher_cfg, D_IMG, D_TXT),
                     "alignment", teacher_cfg)
     write_params(tmp_path, {"seed": 0, "tracking": {"enabled": False},
-                            "distill": {"model": {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8},
+                            "distill": {"codebook": {"codes": 8},
+                                        "model": {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8},
                                         "optim": {"epochs": 2, "batch_size": 8}, "device": "cpu"}})
     from stages import distill as stage
     monkeypatch.chdir(tmp_path)
@@ -286,7 +287,7 @@ def test_stage_writes_outputs_and_baseline_needs_no_teacher(tmp_path, monkeypatc
     metrics = json.loads((tmp_path / "metrics" / "student.json").read_text())
     assert metrics["mode"] == "distill" and 0 <= metrics["val"]["rsum"] <= 600
     assert len(pd.read_csv(tmp_path / "plots" / "student_history.csv")) == 2
-    student = load_model(tmp_path / "models" / "student.pt", kind="matching")
+    student = load_model(tmp_path / "models" / "student.pt", kind="codebook")    # the default student
     assert encode_images(student, open_split(tmp_path / "features", "val")).shape == (8, 8)
 
     (tmp_path / "models" / "teacher.pt").unlink()

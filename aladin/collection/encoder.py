@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import DataError
 from ..features import image_batch, load_vision_backbone
 from ..io import read_json, sha256_file
-from ..models.factory import load_model
+from ..models.factory import STUDENTS, load_model
 
 BACKBONE_PARAMS = ("vision_backbone", "image_size", "efficientnet_blocks", "runtime", "text_backbone", "max_tokens")
 
@@ -81,7 +81,7 @@ class Encoder:
         b = spec.backbone
         self.vision = load_vision_backbone(b["vision_backbone"], b["image_size"], self.device,
                                            b["efficientnet_blocks"], b["runtime"])
-        self.student = load_model(spec.student, self.device, kind="matching").eval()
+        self.student = load_model(spec.student, self.device, kind=STUDENTS).eval()
         self.teacher = load_model(spec.teacher, self.device, kind="alignment").eval() if spec.teacher else None
         self.dim = int(self.student.dim)
 

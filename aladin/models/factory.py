@@ -28,6 +28,7 @@ log = logging.getLogger("aladin")
 MODELS: dict[str, str] = {
     "alignment": "aladin.models.alignment:AlignmentModel",
     "matching": "aladin.models.matching:MatchingHead",
+    "codebook": "aladin.models.codebook:CodebookHead",
     "cross": "aladin.models.cross_encoder:CrossEncoder",
 }
 
@@ -39,6 +40,7 @@ def model_class(kind: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), name)
 
 
+STUDENTS = ("codebook", "matching")             # the kinds a student checkpoint (models/student.pt) holds
 COMPONENTS = {"token_encoder": "alignment"}     # constructor keyword -> the kind it holds
 
 # Config fields added after checkpoints of a kind were first saved, with the value those
@@ -106,11 +108,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
-               kind: str | None = None) -> nn.Module:
-    """The model saved at `path`, on `device`, in eval mode. `kind` (optional) is checked."""
+               kind: str | tuple[str, ...] | None = None) -> nn.Module:
+    """The model saved at `path`, on `device`, in eval mode. `kind` (optional: one or a tuple, e.g.
+    STUDENTS) is checked."""
     ckpt = read_checkpoint(path)
-    if kind is not None and ckpt["kind"] != kind:
-        raise DataError(f"{path}: checkpoint holds a {ckpt['kind']!r} model, expected {kind!r}")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and ckpt["kind"] not in kinds:
+        raise DataError(f"{path}: checkpoint holds a {ckpt['kind']!r} model, expected {' or '.join(map(repr, kinds))}")
     try:
         components = {name: build_model(c["kind"], _saved_config(c["kind"], c["config"]), c["d_img"], c["d_txt"])
                       for name, c in ckpt.get("components", {}).items()}

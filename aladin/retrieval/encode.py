@@ -2,7 +2,7 @@
 
 Hides batching, devices, eval mode and gradient tracking, like sentence-transformers' ``encode``::
 
-    img = encode_images(student, store)                   # (N_img, D) float32, L2-normalised
+    img = encode_images(student, store)                   # (N_img, D) float32
     txt = encode_texts(student, store, indices=[0, 5])    # (2, D)
     q = encode_texts(student, text_batch(backbone, ["a red cube"]))   # raw query as a Batch
 """
@@ -43,7 +43,8 @@ def _encode(model: nn.Module, embed: Callable[[Batch], torch.Tensor], batches: I
 
 def encode_images(model: nn.Module, source: FeatureStore | Batch, indices: Indices = None,
                   batch_size: int = 256, device: torch.device | str | None = None) -> np.ndarray:
-    """Student embeddings of images: float32 (N, D), rows L2-normalised.
+    """Student embeddings of images: float32 (N, D); the score is their inner product with captions'
+    (cosines for the transformer student, whose rows are L2-normalised; MrSw sums for the codebook's).
 
     `source` is a feature store (all its images, or `indices`) or a Batch of raw query images.
     `device` defaults to the model's device.

@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import DataError
 from ..features import image_batch, store_backbones, text_batch
 from .index import IndexConfig, load_index_dir, search
-from ..models.factory import load_model
+from ..models.factory import STUDENTS, load_model
 from .store_scores import embed_store_items
 from ..store import Batch, open_split
 
@@ -64,7 +64,7 @@ class Retriever:
         self.text_backbone, self.vision_backbone = store_backbones(self.store, self.device)
         self.student = self.index = None
         if student is not None:
-            self.student = load_model(student, self.device, kind="matching")
+            self.student = load_model(student, self.device, kind=STUDENTS)
             self.index = load_index_dir(index_dir, model_path=student, cfg=index_cfg)
             if (self.index.images.ntotal, self.index.captions.ntotal) != (self.store.n_images, self.store.n_captions):
                 raise DataError(f"{index_dir}: indexes hold {self.index.images.ntotal} images / "

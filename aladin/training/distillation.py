@@ -22,12 +22,27 @@ from tqdm import tqdm
 
 from .lists import WiderLists
 from .losses import TripletSchedule, distillation_loss, multi_positive_loss, positive_mask
-from ..params import LossConfig
+from ..models.factory import build_model
+from ..params import DistillParams, LossConfig
 from ..store import Batch, FeatureStore
 
 log = logging.getLogger("aladin")
 
 TeacherScores = Callable[[Batch], torch.Tensor]     # pair batch -> (B, B) teacher scores
+
+
+def reads_teacher_tokens(cfg: DistillParams) -> bool:
+    """Whether the student reads the frozen teacher encoders' tokens (the codebook always does)."""
+    return cfg.student == "codebook" or cfg.model.inputs == "teacher_tokens"
+
+
+def build_student(cfg: DistillParams, train: FeatureStore, teacher: nn.Module | None, seed: int) -> nn.Module:
+    """The untrained student `cfg` describes; the codebook's codes fitted to `train`'s teacher word vectors."""
+    encoder = {"token_encoder": teacher} if reads_teacher_tokens(cfg) else {}
+    student = build_model(cfg.kind, cfg.head_config, train.manifest["d_img"], train.manifest["d_txt"], **encoder)
+    if cfg.student == "codebook":
+        student.fit_codes(train, seed)
+    return student
 
 
 class Timed:
