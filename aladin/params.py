@@ -156,7 +156,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: Kind = "hnsw"
+    kind: Kind = "flat"
     hnsw_m: int = 32             # graph degree: memory and recall up, build time up
     ef_construction: int = 80
     ef_search: int = 128         # search-time beam width: recall up, latency up
