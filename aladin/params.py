@@ -26,8 +26,8 @@ TRANSFER = "transfer"                # optional (scenes): extra scenes the stude
 # -- components: each nests in a section and keeps defaults equal to params.yaml (tested) ---------
 Pooling = Literal["first", "mean", "attention"]
 Mode = Literal["distill", "distill+triplet", "triplet"]
-Kind = Literal["flat", "hnsw", "ivf_flat", "ivf_pq"]
-KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+Kind = Literal["flat", "hnsw", "ivf_flat", "ivf_pq", "sparse"]
+KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf_flat", "ivf_pq", "sparse")
 Runtime = Literal["torch", "onnx"]     # features.runtime (aladin/features/onnx_runtime.py)
 
 
@@ -156,7 +156,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: Kind = "flat"
+    kind: Kind = "sparse"
     hnsw_m: int = 32             # graph degree: memory and recall up, build time up
     ef_construction: int = 80
     ef_search: int = 128         # search-time beam width: recall up, latency up

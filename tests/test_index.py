@@ -39,7 +39,7 @@ def test_round_trip_and_recall(tmp_path, data, kind):
     exact = np.argsort(-(q @ img.T), axis=1)[:, :10]
     recall = X.recall_vs_exact(i1, exact)
     assert recall == 1.0 if kind != "ivf_pq" else recall > 0.5
-    if kind == "flat":
+    if kind in ("flat", "sparse"):
         np.testing.assert_allclose(s1, np.take_along_axis(q @ img.T, exact, axis=1), rtol=1e-5)
 
 
@@ -211,3 +211,39 @@ def test_fallback_ranks_computed_once_per_sub_collection_and_shared_by_every_dep
     reversed_in_fold = np.concatenate([cap_img[:100][::-1], cap_img[100:]])
     E.index_rank_fn(retrieval, reversed_in_fold, k=3)(*folds[0])
     assert len(retrieval.fallback) == 3
+
+
+def codebook_like(rng, n_img=200, n_cap=400, codes=64, words=5):
+    """Dense non-negative image vectors; captions as word counts over the codes (sparse)."""
+    img = rng.uniform(-0.2, 1.0, (n_img, codes)).astype(np.float32)
+    cap = np.zeros((n_cap, codes), np.float32)
+    for row in cap:
+        np.add.at(row, rng.integers(0, codes, words), 1.0)
+    return img, cap
+
+
+@pytest.mark.parametrize("sparse_side", ["collection", "queries"])
+def test_sparse_index_equals_naive_top_k(sparse_side):
+    rng = np.random.default_rng(3)
+    img, cap = codebook_like(rng)
+    coll, queries = (cap, img[:30]) if sparse_side == "collection" else (img, cap[:30])
+    index = X.SparseIndex(coll)
+    assert (index.rows is not None) == (sparse_side == "collection")
+    scores, ids = X.search(index, queries, 7)
+    for q, s_row, i_row in zip(queries, scores, ids):           # naive: every item scored, sorted
+        naive = sorted(range(len(coll)), key=lambda j: (-float(q @ coll[j]), j))[:7]
+        np.testing.assert_allclose(s_row, [float(q @ coll[j]) for j in naive], rtol=1e-5)
+        assert len(set(i_row)) == 7
+        np.testing.assert_allclose([float(q @ coll[j]) for j in i_row], s_row, rtol=1e-5)
+
+
+def test_sparse_index_pads_past_the_collection_and_round_trips(tmp_path):
+    rng = np.random.default_rng(4)
+    img, cap = codebook_like(rng, n_img=5, n_cap=12)
+    scores, ids = X.search(X.SparseIndex(img), cap[:3], 8)
+    assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all() and (ids[:, :5] >= 0).all()
+    cfg = X.IndexConfig(kind="sparse")
+    X.save_index_dir(tmp_path / "index", img, cap, cfg, seed=0, provenance={})
+    loaded = X.load_index_dir(tmp_path / "index", cfg=cfg)
+    assert isinstance(loaded.captions, X.SparseIndex) and loaded.captions.rows is not None
+    np.testing.assert_array_equal(X.search(loaded.images, cap, 3)[1], X.search(X.SparseIndex(img), cap, 3)[1])

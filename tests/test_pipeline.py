@@ -37,7 +37,7 @@ TINY = {
     "latency": {"n_queries": 3, "n_image_queries": 2, "teacher_queries": 2, "warmup": 1,
                 "throughput_queries": 8, "batch_size": 4, "sizes": [8, 64], "teacher_sizes": [8, 64],
                 "image_query_sizes": [8, 64], "scaling_nlist": 4, "scaling_nprobe": 2,
-                "cross_queries": 2, "cross_sizes": [8], "index_kinds": ["flat", "hnsw"]},
+                "cross_queries": 2, "cross_sizes": [8], "index_kinds": ["sparse", "flat", "hnsw"]},
 }
 
 

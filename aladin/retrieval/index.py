@@ -6,7 +6,11 @@ the student was trained with. Kinds (the knobs in brackets):
 - ``flat``      exact search, the reference;
 - ``hnsw``      graph search [hnsw_m, ef_construction, ef_search];
 - ``ivf_flat``  inverted lists of raw vectors [nlist, nprobe];
-- ``ivf_pq``    inverted lists of product-quantised codes [nlist, nprobe, pq_m bytes x pq_nbits].
+- ``ivf_pq``    inverted lists of product-quantised codes [nlist, nprobe, pq_m bytes x pq_nbits];
+- ``sparse``    exact, for the codebook student (:class:`SparseIndex`): its caption vectors are word
+                counts over K codes (~10 non-zeros of 2048), so a text query reads ~10 of the image
+                matrix's K rows and an image query sums ~10 entries per caption, where ``flat`` reads
+                all K of every item. Same scores as ``flat``, no faiss.
 
 An index directory (``index/``) holds, per side (``images`` = searched by text queries,
 ``captions`` = searched by image queries), ``<side>.faiss`` and the embeddings it was built
@@ -24,6 +28,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from scipy import sparse
 
 from ..config import from_dict
 from ..errors import ConfigError, DataError
@@ -34,10 +39,54 @@ FORMAT_VERSION = 1
 SIDES = {"images": "image_emb.npy", "captions": "caption_emb.npy"}
 
 
-def build_index(emb: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index:
+SPARSE_DENSITY = 0.1    # a matrix with fewer non-zeros than this fraction is multiplied as CSR
+
+
+def _sparse(x: np.ndarray) -> bool:
+    return np.count_nonzero(x) < SPARSE_DENSITY * x.size
+
+
+class SparseIndex:
+    """Exact inner-product top-k where the collection or the queries are sparse (the codebook
+    student's caption vectors). Answers the faiss calls made here: ``d``, ``ntotal``, ``search``."""
+
+    QUERY_BLOCK = 1024       # queries scored per (block, N) score matrix
+
+    def __init__(self, emb: np.ndarray) -> None:
+        emb = _as_f32(emb)
+        self.ntotal, self.d = emb.shape
+        # Sparse collection: CSR rows; dense: transposed, so a sparse query's codes are contiguous rows.
+        self.rows = sparse.csr_matrix(emb) if _sparse(emb) else None
+        self.cols = None if self.rows is not None else np.ascontiguousarray(emb.T)     # (D, N)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) inner products."""
+        if self.rows is not None:
+            return np.asarray((self.rows @ queries.T).T, dtype=np.float32)
+        q = sparse.csr_matrix(queries) if _sparse(queries) else queries
+        return np.asarray(q @ self.cols, dtype=np.float32)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _as_f32(queries)
+        out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_i = np.full((len(queries), k), -1, dtype=np.int64)
+        kk = min(k, self.ntotal)
+        for lo in range(0, len(queries), self.QUERY_BLOCK):
+            s = self.scores(queries[lo:lo + self.QUERY_BLOCK])
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < self.ntotal else np.tile(np.arange(kk), (len(s), 1))
+            top_s = np.take_along_axis(s, top, axis=1)
+            order = np.lexsort((top, -top_s), axis=1)                 # best first; ties: lower id first
+            out_i[lo:lo + len(s), :kk] = np.take_along_axis(top, order, axis=1)
+            out_s[lo:lo + len(s), :kk] = np.take_along_axis(top_s, order, axis=1)
+        return out_s, out_i
+
+
+def build_index(emb: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index | SparseIndex:
     """An index of kind `cfg.kind` holding `emb` (N, D) float32; ids are row numbers."""
     emb = _as_f32(emb)
     n, d = emb.shape
+    if cfg.kind == "sparse":
+        return SparseIndex(emb)
     if cfg.kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif cfg.kind == "hnsw":
@@ -106,8 +155,8 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
 class IndexDir:
     """A loaded, verified index directory."""
 
-    images: faiss.Index          # image embeddings: answers text queries
-    captions: faiss.Index        # caption embeddings: answers image queries
+    images: faiss.Index | SparseIndex     # image embeddings: answers text queries
+    captions: faiss.Index | SparseIndex   # caption embeddings: answers image queries
     image_emb: np.ndarray        # (N_img, D) float32
     caption_emb: np.ndarray      # (N_cap, D) float32
     cfg: IndexConfig
@@ -117,7 +166,7 @@ class IndexDir:
     def seed(self) -> int:
         return int(self.manifest.get("seed", 0))
 
-    def of_kind(self, kind: str, side: str = "images") -> faiss.Index:
+    def of_kind(self, kind: str, side: str = "images") -> faiss.Index | SparseIndex:
         """A `kind` index over the stored embeddings of `side` ("images" | "captions"), with the
         stored knobs and seed: another index kind compared without re-encoding anything."""
         emb = {"images": self.image_emb, "captions": self.caption_emb}[side]
@@ -127,6 +176,20 @@ class IndexDir:
         """This collection with both sides indexed as `kind` (see :meth:`of_kind`)."""
         return dataclasses.replace(self, images=self.of_kind(kind, "images"), captions=self.of_kind(kind, "captions"),
                                    cfg=dataclasses.replace(self.cfg, kind=kind))
+
+
+def write_index(index: faiss.Index | SparseIndex, path: Path) -> None:
+    """A faiss index file; for a SparseIndex, a marker (it is rebuilt from the stored embeddings)."""
+    if isinstance(index, SparseIndex):
+        path.write_text(json.dumps({"kind": "sparse", "n": index.ntotal, "d": index.d}) + "\n")
+    else:
+        faiss.write_index(index, str(path))
+
+
+def read_index(path: Path, emb: np.ndarray) -> faiss.Index | SparseIndex:
+    with open(path, "rb") as fh:
+        is_marker = fh.read(1) == b"{"
+    return SparseIndex(emb) if is_marker else faiss.read_index(str(path))
 
 
 def save_index_dir(path: str | os.PathLike, image_emb: np.ndarray, caption_emb: np.ndarray,
@@ -142,7 +205,7 @@ def save_index_dir(path: str | os.PathLike, image_emb: np.ndarray, caption_emb: 
         for side, emb_file in SIDES.items():
             emb = embs[side]
             np.save(tmp / emb_file, emb)
-            faiss.write_index(build_index(emb, cfg, seed), str(tmp / f"{side}.faiss"))
+            write_index(build_index(emb, cfg, seed), tmp / f"{side}.faiss")
             sides[side] = {"index": f"{side}.faiss", "index_sha256": sha256_file(tmp / f"{side}.faiss"),
                            "embeddings": emb_file, "embeddings_sha256": sha256_file(tmp / emb_file),
                            "n": int(emb.shape[0]), "dim": int(emb.shape[1])}
@@ -193,7 +256,7 @@ def load_index_dir(path: str | os.PathLike, model_path: str | os.PathLike | None
                 raise DataError(f"{f}: sha256 does not match {where}; the index directory is stale or "
                                 "mixed with another run; rerun the index stage")
         emb = np.load(path / info["embeddings"])
-        index = faiss.read_index(str(path / info["index"]))
+        index = read_index(path / info["index"], emb)
         if index.ntotal != emb.shape[0] or index.d != emb.shape[1]:
             raise DataError(f"{path / info['index']}: holds {index.ntotal} x {index.d}, embeddings are "
                             f"{emb.shape[0]} x {emb.shape[1]}")
