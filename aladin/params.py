@@ -13,6 +13,7 @@ seeds on the same rendered data.
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -85,10 +86,12 @@ class MatchingConfig:
 class CodebookConfig:
     codes: int = 2048              # K, the size of the global embedding (aladin/models/codebook.py)
     kmeans_iters: int = 25         # spherical k-means of the teacher's training word vectors
+    lr: float = 1e-4               # the codebook student's learning rate, in place of optim.lr
 
     def validate(self) -> None:
         require(self.codes >= 2, "codes", "must be >= 2")
         require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
 
 
 StudentKind = Literal["codebook", "transformer"]
@@ -390,6 +393,12 @@ class DistillParams(LossConfig, Training):
     @property
     def head_config(self) -> "CodebookConfig | MatchingConfig":
         return self.codebook if self.student == "codebook" else self.model
+
+    @property
+    def student_optim(self) -> OptimConfig:
+        """The student's schedule: `optim`, at codebook.lr for the codebook (the triplet baseline and
+        the transformer were tuned at optim.lr)."""
+        return dataclasses.replace(self.optim, lr=self.codebook.lr) if self.student == "codebook" else self.optim
 
     @property
     def loss(self) -> LossConfig:

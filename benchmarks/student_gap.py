@@ -143,7 +143,7 @@ def main() -> None:
                     fh.write(json.dumps(line) + "\n")
         with torch.no_grad():
             record(-1, validate(student.eval()))           # epoch -1: before training (the codebook's k-means)
-        fit(student, loss, train, validate, cfg.optim, seed, device, None, on_epoch_start=loss.on_epoch_start,
+        fit(student, loss, train, validate, cfg.student_optim, seed, device, None, on_epoch_start=loss.on_epoch_start,
             on_epoch_end=record, pair_order=lambda rng: rng.permutation(pairs))
 
 

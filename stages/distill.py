@@ -65,7 +65,7 @@ def main() -> None:
         used = {k: used[k] for k in params.TRIPLET_BASELINE_KEYS}
     train_stage(TrainSpec(
         name="student_triplet" if baseline else "student", kind=cfg.kind, model=student, model_cfg=cfg.head_config,
-        loss=loss, train=train, validate=partial(student_metrics, store=val), optim=cfg.optim, seed=seed,
+        loss=loss, train=train, validate=partial(student_metrics, store=val), optim=cfg.student_optim, seed=seed,
         device=device, params={"seed": seed, "distill": used}, tracking=tracking,
         on_epoch_start=loss.on_epoch_start, summary=loss.summary, pair_order=pair_order))
 

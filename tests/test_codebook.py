@@ -122,7 +122,9 @@ def test_params_choose_the_student_and_refuse_a_codebook_without_teacher():
 
     cfg = section("distill")
     assert cfg.student == "codebook" and cfg.kind == "codebook" and cfg.head_config == cfg.codebook
+    assert cfg.student_optim.lr == cfg.codebook.lr != cfg.optim.lr
+    assert cfg.student_optim.epochs == cfg.optim.epochs
     other = section("distill", student="transformer")
-    assert other.kind == "matching" and other.head_config == other.model
+    assert other.kind == "matching" and other.head_config == other.model and other.student_optim == other.optim
     with pytest.raises(ConfigError, match="distill.student"):
         section("distill", mode="triplet", lists={"hard": 0, "pool": 16, "siblings": False})
