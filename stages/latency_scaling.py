@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from aladin import params
 from aladin.io import write_json
 from aladin.latency.scaling import scaling_latency
@@ -19,7 +21,8 @@ def main() -> None:
     dim = distill.codebook.codes if distill.student == "codebook" else distill.model.dim     # the student's D
     set_threads(cfg.threads)
     store = open_split(FEATURES, "test")
-    rows = scaling_latency(dim, store.n_captions // store.n_images, index.index, cfg, params.seed())
+    words = max(int(round(float(np.mean(store.token_counts)))) - 2, 1)       # per caption, [CLS] [SEP] aside
+    rows = scaling_latency(dim, store.n_captions // store.n_images, index.index, cfg, params.seed(), words)
     write_json(OUT, {"rows": rows})
 
 

@@ -80,7 +80,7 @@ def test_retriever_and_latency_recipes_structure(tiny):
     teacher = teacher_latency(Retriever(root / "features", "test", student=None, teacher=root / "models/teacher.pt"),
                                 texts, images, cfg)
     assert [r["n_images"] for r in teacher["scaling"]] == [8, 20] and teacher["scaling"][1]["synthetic"]
-    scaling = scaling_latency(retr.index.image_emb.shape[1], 5, retr.index.cfg, cfg, seed=0)
+    scaling = scaling_latency(retr.index.image_emb.shape[1], 5, retr.index.cfg, cfg, seed=0, words=4)
     rows = {(r["method"], r["query"], r["n_images"]) for r in scaling}
     assert rows == {("student_flat", "text", 8), ("student_ivf_flat", "text", 8), ("student_flat", "text", 20),
                     ("student_ivf_flat", "text", 20), ("student_flat", "image", 8)}
@@ -121,3 +121,20 @@ def test_efficiency_points_join_quality_and_latency_per_method():
     assert (pts["cross_encoder"]["rsum"], pts["cross_encoder"]["p50_ms"], pts["cross_encoder"]["protocol"]) == \
         (330.0, 2100.0, "fold0_sampled")
     assert (pts["cross_rerank_k10"]["p50_ms"], pts["cross_rerank_k10"]["protocol"]) == (25.0, "fold0")
+
+
+def test_word_count_queries_hold_their_words_and_the_sparse_kind_is_timed():
+    from aladin.latency.queries import word_count_queries
+    from aladin.latency.scaling import scaling_latency
+    from aladin.params import IndexConfig
+    from tests._params import section
+
+    q = word_count_queries(6, 32, words=5, seed=0)
+    assert q.shape == (6, 32) and (q.sum(1) == 5).all() and (q >= 0).all()
+    np.testing.assert_array_equal(q, word_count_queries(6, 32, words=5, seed=0))
+    cfg = section("latency", n_queries=3, throughput_queries=4, warmup=1, batch_size=2, sizes=[50],
+                  image_query_sizes=[10], scaling_kind="ivf_flat", scaling_nlist=2, scaling_nprobe=1)
+    rows = scaling_latency(32, 2, IndexConfig(kind="sparse"), cfg, seed=0, words=5)
+    text = {r["method"]: r for r in rows if r["query"] == "text"}
+    assert set(text) == {"student_flat", "student_ivf_flat", "student_sparse"}
+    assert text["student_sparse"]["recall_at_k_vs_flat"] == 1.0          # exact, like flat

@@ -52,6 +52,15 @@ def clustered_collection(n: int, dim: int, seed: int, clusters: int = 256, sprea
     return out
 
 
+def word_count_queries(n: int, dim: int, words: int, seed: int) -> np.ndarray:
+    """`n` codebook-student-like text queries: each a count vector of `words` codes drawn uniformly
+    from `dim` (aladin.models.codebook: a caption's vector counts its words' codes)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, dim), np.float32)
+    np.add.at(out, (np.repeat(np.arange(n), words), rng.integers(dim, size=n * words)), 1.0)
+    return out
+
+
 def perturbed_collection(base: np.ndarray, n: int, noise: float, seed: int) -> np.ndarray:
     """A collection of `n` unit vectors grown from `base` (N0, D): its first rows are `base` itself,
     then copies of base rows with Gaussian noise of norm about `noise`, re-normalised.

@@ -42,7 +42,9 @@ def latency_report(system: dict[str, Any], encoders: dict[str, Any], teacher: di
             "p95_ms": None, "mean_ms": None, "qps": None}
            for r in scaling if r["query"] == "text"]
     rows = scaling + teacher["scaling"] + cross + e2e
-    student = {n: _p50(rows, "student_flat_e2e", n) for n in (1000, 5000, 100000)}
+    # The student at N: its own index kind when the scaling stage timed it, else flat.
+    kind = t["student"]["index"] if any(r["method"] == f"student_{t['student']['index']}" for r in scaling) else "flat"
+    student = {n: _p50(rows, f"student_{kind}_e2e", n) for n in (1000, 5000, 100000)}
     teacher_p50 = {n: _p50(rows, "teacher", n) for n in (5000, 100000)}
     cross_p50 = {n: _p50(rows, "cross_encoder", n) for n in (1000, 5000)}
     summary = {

@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..retrieval.index import IndexConfig, build_index, recall_vs_exact, search
-from .queries import clustered_collection
+from .queries import clustered_collection, word_count_queries
 from .timing import per_query, throughput
 
 if TYPE_CHECKING:
@@ -16,17 +16,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("aladin")
 
 def scaling_latency(dim: int, per_image: int, index_cfg: IndexConfig, cfg: LatencyParams,
-                    seed: int) -> list[dict[str, Any]]:
-    """Search alone (embedded queries) against flat and `scaling_kind` indexes of growing size:
-    text queries over images, image queries over `per_image` captions per image."""
+                    seed: int, words: int) -> list[dict[str, Any]]:
+    """Search alone (embedded queries) against flat and `scaling_kind` indexes of growing size, and
+    the configured `index_cfg.kind` when it is neither: text queries over images, image queries
+    over `per_image` captions per image. With the sparse index the text queries are word-count
+    vectors of `words` codes (the codebook student's), otherwise clustered unit vectors."""
     flat = IndexConfig(kind="flat")
     approx = dataclasses.replace(index_cfg, kind=cfg.scaling_kind, nlist=cfg.scaling_nlist, nprobe=cfg.scaling_nprobe)
-    queries = clustered_collection(max(cfg.n_queries, cfg.throughput_queries), dim, seed + 1)
+    kinds = [("student_flat", flat), (f"student_{cfg.scaling_kind}", approx)]
+    if index_cfg.kind not in ("flat", cfg.scaling_kind):
+        kinds.append((f"student_{index_cfg.kind}", index_cfg))
+    n_queries = max(cfg.n_queries, cfg.throughput_queries)
+    queries = (word_count_queries(n_queries, dim, words, seed + 1) if index_cfg.kind == "sparse"
+               else clustered_collection(n_queries, dim, seed + 1))
     rows = []
     for n in sorted(set(cfg.sizes)):
         coll = clustered_collection(n, dim, seed)
         exact = None
-        for method, icfg in (("student_flat", flat), (f"student_{cfg.scaling_kind}", approx)):
+        for method, icfg in kinds:
             index = build_index(coll, icfg, seed)
             row = per_query(lambda e: search(index, e[None], cfg.k), queries[:cfg.n_queries], cfg.warmup)
             row["qps"] = throughput(lambda b: search(index, b, cfg.k), queries, cfg.batch_size)
