@@ -83,7 +83,7 @@ def test_fit_codes_is_seeded_unit_norm_and_needs_enough_words(tmp_path):
     c.fit_codes(store, seed=1)
     assert torch.equal(a.codes, b.codes) and not torch.equal(a.codes, c.codes)
     torch.testing.assert_close(a.codes.norm(dim=1), torch.ones(6))
-    with pytest.raises(ValueError, match="codes"):
+    with pytest.raises(ConfigError, match="distill.codebook.codes"):
         codebook(10_000, teacher).fit_codes(store, seed=0)
 
 

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from ..params import CodebookConfig
 from ..store import Batch, FeatureStore
-from .scoring import word_mask
+from .scoring import pad_with_first_region, word_mask
 from .token_inputs import TokenInputs
 
 log = logging.getLogger("aladin")
@@ -52,8 +53,7 @@ class CodebookHead(TokenInputs):
         return F.normalize(self.codes, dim=-1)
 
     def embed_images(self, batch: Batch) -> torch.Tensor:
-        r, mask = self.token_encoder.embed_images(batch)                   # (B, R, d) unit, (B, R)
-        r = torch.where(mask[..., None], r, r[:, :1])                      # padding never wins the max
+        r = pad_with_first_region(*self.token_encoder.embed_images(batch))   # (B, R, d) unit; padding never wins
         return torch.einsum("brd,kd->brk", r, self.unit_codes()).amax(dim=1)   # (B, K)
 
     def word_codes(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +82,8 @@ class CodebookHead(TokenInputs):
             words.append(w[word_mask(mask, self.token_encoder.cfg.words)].float().cpu().numpy())
         x = np.ascontiguousarray(np.concatenate(words), dtype=np.float32)
         if len(x) < self.dim:
-            raise ValueError(f"{store.path}: {len(x)} word vectors for {self.dim} codes (distill.codebook.codes)")
+            raise ConfigError(f"distill.codebook.codes: {self.dim} codes need at least as many word vectors; "
+                              f"the captions of {store.path} have {len(x)}")
         log.info("codebook: k-means of %d word vectors into %d codes", len(x), self.dim)
         kmeans = faiss.Kmeans(x.shape[1], self.dim, niter=self.cfg.kmeans_iters, seed=seed, spherical=True)
         kmeans.train(x)

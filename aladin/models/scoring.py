@@ -51,7 +51,7 @@ def word_mask(cap_mask: torch.Tensor, words: Words) -> torch.Tensor:
     return cap_mask & (pos != first[..., None]) & (pos != last[..., None])
 
 
-def _pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
+def pad_with_first_region(img: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
     """Padded regions become copies of the first region: the max over regions is unchanged,
     and the hot loop needs no mask pass over the big similarity block."""
     return torch.where(img_mask[..., None], img, img[:, :1])
@@ -84,7 +84,7 @@ def alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torch.Tenso
     n, r, d = img.shape
     m, length, _ = cap.shape
     if pooling != "lse":
-        img = _pad_with_first_region(img, img_mask)                      # cheaper than masking sim
+        img = pad_with_first_region(img, img_mask)                      # cheaper than masking sim
     sim = (img.reshape(n * r, d) @ cap.reshape(m * length, d).T).view(n, r, m, length)
     return _pool(sim.transpose(1, 2), img_mask[:, None], cap_mask[None], pooling, temperature)
 
@@ -94,7 +94,7 @@ def paired_alignment_scores(img: torch.Tensor, img_mask: torch.Tensor, cap: torc
     """(B,) scores of aligned pairs: image img[b] (R, d) with caption cap[b] (L, d), the diagonal
     of :func:`alignment_scores` at B times less work (a re-ranker scores lists of pairs)."""
     if pooling != "lse":
-        img = _pad_with_first_region(img, img_mask)
+        img = pad_with_first_region(img, img_mask)
     return _pool(img @ cap.transpose(1, 2), img_mask, word_mask(cap_mask, words), pooling, temperature)
 
 
@@ -120,7 +120,7 @@ def score_embeddings(img: torch.Tensor, img_mask: torch.Tensor, caps: list[tuple
     caps = [(cap, word_mask(cap_mask, words)) for cap, cap_mask in caps]
     fast = pooling != "lse"
     if fast:
-        img = _pad_with_first_region(img, img_mask)
+        img = pad_with_first_region(img, img_mask)
         caps = [(cap * cap_mask[..., None], cap_mask) for cap, cap_mask in caps]   # padded words score 0
     rows = img.reshape(n * r, d)
     budget = chunk_mb * 2**20 / 4                                         # floats per block

@@ -186,10 +186,9 @@ def write_index(index: faiss.Index | SparseIndex, path: Path) -> None:
         faiss.write_index(index, str(path))
 
 
-def read_index(path: Path, emb: np.ndarray) -> faiss.Index | SparseIndex:
-    with open(path, "rb") as fh:
-        is_marker = fh.read(1) == b"{"
-    return SparseIndex(emb) if is_marker else faiss.read_index(str(path))
+def read_index(path: Path, emb: np.ndarray, kind: str) -> faiss.Index | SparseIndex:
+    """The index of `kind` written by :func:`write_index` (a sparse one rebuilt from `emb`)."""
+    return SparseIndex(emb) if kind == "sparse" else faiss.read_index(str(path))
 
 
 def save_index_dir(path: str | os.PathLike, image_emb: np.ndarray, caption_emb: np.ndarray,
@@ -256,7 +255,7 @@ def load_index_dir(path: str | os.PathLike, model_path: str | os.PathLike | None
                 raise DataError(f"{f}: sha256 does not match {where}; the index directory is stale or "
                                 "mixed with another run; rerun the index stage")
         emb = np.load(path / info["embeddings"])
-        index = read_index(path / info["index"], emb)
+        index = read_index(path / info["index"], emb, built.kind)
         if index.ntotal != emb.shape[0] or index.d != emb.shape[1]:
             raise DataError(f"{path / info['index']}: holds {index.ntotal} x {index.d}, embeddings are "
                             f"{emb.shape[0]} x {emb.shape[1]}")
