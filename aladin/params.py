@@ -95,11 +95,18 @@ class CodebookConfig:
 
 
 StudentKind = Literal["codebook", "transformer"]
+CrossFusion = Literal["grounding", "transformer"]
 
 
 @dataclass(frozen=True)
 class CrossEncoderConfig:
-    width: int = 128
+    fusion: CrossFusion = "grounding"          # grounding: words grounded on regions read their neighbours'
+                                               # places (cheap, learns here) | transformer: one joint
+                                               # transformer over regions + words (VinVL-style)
+    ground_temperature: float = 0.01           # grounding: softmax over regions of the teacher's cosines
+    before: int = 3                            # grounding: words each word reads before it ...
+    after: int = 4                             # ... and after it
+    width: int = 128                           # transformer: fusion width, depth, heads, MLP width
     layers: int = 2
     heads: int = 4
     ff: int = 256
@@ -110,7 +117,14 @@ class CrossEncoderConfig:
                                                # BLIP's ITM + first stage) | the fusion head alone
 
     def validate(self) -> None:
-        require_transformer(self, "width", ("width", "layers", "heads", "ff"))
+        require(self.fusion in ("grounding", "transformer"), "fusion", "must be grounding or transformer")
+        if self.fusion == "transformer":
+            require_transformer(self, "width", ("width", "layers", "heads", "ff"))
+        else:
+            require(self.ground_temperature > 0, "ground_temperature", "must be > 0")
+            require(self.before >= 1 and self.after >= 1, "before", "before and after must be >= 1")
+            require(self.inputs == "teacher_tokens", "inputs",
+                    "fusion grounding needs teacher_tokens (it grounds words on regions by the teacher's cosines)")
         require(not self.residual or self.inputs == "teacher_tokens", "residual",
                 "needs inputs: teacher_tokens (the teacher's score is the residual's base)")
 
@@ -416,8 +430,8 @@ class CrossParams(Training):
     enabled: bool
     model: CrossEncoderConfig
     optim: OptimConfig
-    pool: int                    # listed negatives come from the student's top-`pool` items per query
-    hard_negatives: int          # per query and direction, drawn from that list by the teacher's softmax
+    pool: int                    # lists: the student's top-`pool` items per query (+ the pair's own item)
+    hard_negatives: int          # 0: every wrong item of that list; n: n drawn by the teacher's softmax
     random_negatives: int        # per query and direction, drawn from all wrong items
     temperature: float           # of that softmax (ALBEF-style sampling) and of the lists' loss
     margin: float                # real data: list items kept below margin x the positive's teacher score
@@ -434,8 +448,6 @@ class CrossParams(Training):
         require(self.random_negatives >= 0, "random_negatives", "must be >= 0")
         require(self.temperature > 0, "temperature", "must be > 0")
         require(0 < self.margin <= 1, "margin", "must be in (0, 1]")
-        require(self.hard_negatives + self.random_negatives >= 1, "hard_negatives",
-                "with random_negatives: at least one negative per list")
         for name in ("select_images", "eval_images", "eval_batch_size"):
             require(getattr(self, name) >= 2, name, "must be >= 2")
         for name in ("eval_text_queries", "eval_image_queries"):

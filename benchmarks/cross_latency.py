@@ -4,7 +4,7 @@ The paper's headline is this ratio (VinVL ~10.3 s vs ALADIN ~0.115 s per query o
 about 90x). Both systems start from the query caption's stored token features (the text
 backbone costs the same ~10 ms for both and is left out) and return the top-10 images:
 
-- cross-encoder: one joint transformer pass per (query, image) pair, image tokens projected
+- cross-encoder: one fusion pass (`cross.model.fusion`) per (query, image) pair, image tokens projected
   beforehand (aladin.latency.cross.text_search_fn), then top-10 of the N logits;
 - student: embed the caption, exact dot-product top-10 over N precomputed image embeddings
   (faiss IndexFlatIP).

@@ -139,11 +139,19 @@ def cross_rows(ev: dict) -> list[str]:
                    f"{lo:.1f} – {hi:.1f} |")
     k = ev["cross_rerank"]["rerank_k"]
     out += ["", f"Re-ranking the student's top {k}, every fold-0 query (5,000 text, 1,000 image):", "",
-            "| model | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum |", "|---|---|---|---|---|---|---|---|"]
+            "| model | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum | within-family t2i R@1 |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for key, name in (("cross_rerank", "cross-encoder re-ranks"), ("two_stage", "teacher re-ranks"),
                        ("student", "student alone")):
         m = ev[key]["fold0"]
-        out.append(f"| {name} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} |")
+        family = m.get("within_family", {}).get("t2i_family_r1")
+        out.append(f"| {name} | " + " | ".join(f"{m[c]:.1f}" for c in COLS) + f" | {m['rsum']:.1f} | "
+                   + ("–" if family is None else f"{family:.1f}") + " |")
+    versus = ev["cross_rerank"]["vs_teacher_rerank"]
+    lo, hi = versus["rsum_difference_interval_95"]
+    out += ["", f"Cross-encoder minus teacher on the same lists: rsum {versus['rsum_difference']:+.1f} (paired "
+                f"95% bootstrap interval over queries {lo:+.1f} to {hi:+.1f}), within-family t2i R@1 "
+                f"{versus['t2i_family_r1_difference']:+.1f}."]
     return out
 
 

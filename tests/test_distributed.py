@@ -20,7 +20,7 @@ from aladin import distributed
 from aladin.training.distillation import CachedTeacher, LossConfig, StudentLoss
 from aladin.errors import ConfigError
 from aladin.training.cross import list_logits
-from aladin.training.losses import list_softmax_loss, positive_mask, triplet_loss
+from aladin.training.losses import multi_positive_list_loss, positive_mask, triplet_loss
 from aladin.models.factory import build_model
 from aladin.store import FeatureStore
 from aladin.training.loop import OptimConfig, epoch_batches, epoch_seed, fit
@@ -31,7 +31,7 @@ from tests._params import run_stage, write_params
 D_IMG, D_TXT, R, L, CPI = 12, 10, 3, 4, 2
 TEACHER = {"d": 16, "layers": 1, "heads": 2, "ff": 32, "dropout": 0.1}
 STUDENT = {"d_model": 16, "layers": 1, "heads": 2, "ff": 16, "dim": 8}
-CROSS = {"width": 16, "layers": 1, "heads": 2, "ff": 16, "inputs": "features", "residual": False}
+CROSS = {"fusion": "transformer", "width": 16, "layers": 1, "heads": 2, "ff": 16, "inputs": "features", "residual": False}
 STEP = dict(batch_size=8, lr=1e-2, weight_decay=0.5)     # the one-step checks' optimiser
 CLIP = 0.05
 
@@ -48,8 +48,13 @@ def cross_loss(store: FeatureStore):
 
     def loss(model, batch):
         caps = batch.caption_index.numpy()
-        t2i, i2t = list_logits(model, store, caps, neg_img[caps], neg_cap[store.caption_image[caps]], "cpu")
-        return list_softmax_loss(t2i) + list_softmax_loss(i2t), {}
+        imgs = store.caption_image[caps]
+        t2i_items = np.concatenate([imgs[:, None], neg_img[caps]], 1)
+        i2t_items = np.concatenate([caps[:, None], neg_cap[imgs]], 1)
+        t2i, i2t = list_logits(model, store, imgs, caps, t2i_items, i2t_items, "cpu")
+        first = torch.zeros(t2i.shape, dtype=torch.bool)
+        first[:, 0] = True
+        return multi_positive_list_loss(t2i, first) + multi_positive_list_loss(i2t, first), {}
     return loss
 
 

@@ -1,23 +1,25 @@
-"""What the cross-encoder trains on: each pair's positive against clean negatives in both directions,
-drawn from the lists it will re-rank.
+"""What the cross-encoder trains on: the lists it will re-rank, in both directions, with clean labels.
 
 The cross-encoder re-ranks the student's top-k at test time, so every training pair (caption c,
-image i) gives the two lists it will see, each scored by the joint transformer:
+image i) gives the two lists it will see, each scored by the cross-encoder:
 
-- caption c against [i, wrong images]: the text -> image ranking;
-- image i against [c, wrong captions]: the image -> text ranking.
+- caption c against the student's top-`pool` images of c, plus i: the text -> image ranking;
+- image i against the student's top-`pool` captions of i, plus c: the image -> text ranking.
 
-The wrong items come from the student's top-`pool` list of the query (:func:`student_lists`),
-sampled ALBEF-style from the softmax of the teacher's scores over the list (not its top: the best
-scored "negatives" are often true), plus `random` uniform draws over all items. They are clean:
+Each list also gets `random` uniform draws over all items. With `hard` > 0 its wrong items are
+instead `hard` draws from the softmax of the teacher's scores over the list (ALBEF samples; its
+top is often true). The labels are clean:
 
-- scenes data: no negative is a pair the caption parser finds true (:func:`aladin.data.oracle.oracle_truth`);
-  23.9% of the teacher's top-16 "negatives" are true of their caption there;
-- real data (no parser): no caption of the query's own image, and (NV-Retriever) only list items the
-  teacher scores below ``margin`` x the positive pair's score.
+- scenes data: an item the caption parser finds true is a positive, never a negative
+  (:func:`aladin.data.oracle.oracle_truth`). 23.9% of the teacher's top-16 "negatives" are true of
+  their caption there.
+- real data (no parser): the query's own image or captions are the positives. List items the
+  teacher scores at or above ``margin`` x the positive pair's score are left out (NV-Retriever).
 
-The loss is the softmax cross-entropy of each list with the positive first (losses.list_softmax_loss),
-at the same temperature as the sampling.
+The loss is the multi-positive softmax cross-entropy of each list (losses.multi_positive_list_loss)
+at `temperature`, averaged over the two directions. A single positive per list is worse: with the
+other true items dropped, the head learns which images are rarely described, not what is false
+(docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from ..retrieval.encode import encode_images, encode_texts
 from ..retrieval.index import exact_topk
 from ..retrieval.store_scores import score_store_pairs
 from ..store import Batch, FeatureStore
-from .losses import list_softmax_loss
+from .losses import multi_positive_list_loss
 
 IsTrue = Callable[[np.ndarray, np.ndarray], np.ndarray]   # (image ids, caption ids) -> bool, broadcast
 
@@ -111,60 +113,95 @@ def draw_list(pool: Pool, queries: np.ndarray, allowed: np.ndarray, hard: int, r
     return draws
 
 
-def draw_negatives(neg: Negatives, store: FeatureStore, captions: np.ndarray, hard: int, random: int,
+def query_lists(pool: Pool, queries: np.ndarray, own: np.ndarray, keep: np.ndarray, hard: int, random: int,
+                n_items: int, is_true: Callable[[np.ndarray], np.ndarray], temperature: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's list: (Q, W) items (-1 = empty slot) and (Q, W) labels (True = positive).
+
+    Column 0 is the query's own item `own`, then the pool's other true items (more positives),
+    then its wrong items that `keep` allows (all of them, or `hard` softmax draws), then `random`
+    uniform draws that ``is_true(draws)`` rejects while they are true of their query.
+    """
+    items, true = pool.items[queries], pool.true[queries]
+    others = np.where(true & (items != own[:, None]), items, -1)
+    wrong = keep & ~true
+    listed = (draw_list(pool, queries, wrong, hard, 0, n_items, is_true, temperature, rng) if hard > 0
+              else np.where(wrong, items, -1))
+    drawn = draw_list(pool, queries, wrong, 0, random, n_items, is_true, temperature, rng)
+    lists = np.concatenate([own[:, None], others, listed, drawn], axis=1)
+    labels = np.zeros(lists.shape, dtype=bool)
+    labels[:, 0] = True
+    labels[:, 1:1 + others.shape[1]] = others >= 0
+    return lists, labels
+
+
+def training_lists(neg: Negatives, store: FeatureStore, captions: np.ndarray, hard: int, random: int,
                    temperature: float, margin: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Wrong images per caption and wrong captions per image of the pairs (caption captions[b], its
-    image), (B, hard + random) each, and what the cleaning did: ``pool_dropped``, the share of
-    list entries excluded, and on the scenes data ``neg_false``, the share of drawn negatives the
-    parser finds true (0 by construction: a check, logged per epoch)."""
+                   rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray],
+                                                      dict[str, float]]:
+    """The two lists of the pairs (caption captions[b], its image): ((t2i items, labels), (i2t items,
+    labels)) as :func:`query_lists` gives them, and what the cleaning did: ``pool_dropped``, the
+    share of list entries left out as too close to the positive (real data), and on the scenes
+    data ``neg_false``, the share of negatives the parser finds true (0 by construction: a check,
+    logged per epoch)."""
     images = np.asarray(store.caption_image)[captions]
-    ok_img, ok_cap = ~neg.images.true[captions], ~neg.captions.true[images]
+    keep_img = np.ones(neg.images.items[captions].shape, dtype=bool)
+    keep_cap = np.ones(neg.captions.items[images].shape, dtype=bool)
     if not neg.oracle:                                   # NV-Retriever: far enough below the positive
         bar = margin * neg.positive[captions][:, None]
-        ok_img &= neg.images.scores[captions] < bar
-        ok_cap &= neg.captions.scores[images] < bar
-    neg_img = draw_list(neg.images, captions, ok_img, hard, random, store.n_images,
-                        lambda d: neg.is_true(d, captions[:, None]), temperature, rng)
-    neg_cap = draw_list(neg.captions, images, ok_cap, hard, random, store.n_captions,
-                        lambda d: neg.is_true(images[:, None], d), temperature, rng)
-    logs = {"pool_dropped": 1.0 - (ok_img.mean() + ok_cap.mean()) / 2}
+        keep_img = neg.images.scores[captions] < bar
+        keep_cap = neg.captions.scores[images] < bar
+    t2i = query_lists(neg.images, captions, images, keep_img, hard, random, store.n_images,
+                      lambda d: neg.is_true(d, captions[:, None]), temperature, rng)
+    i2t = query_lists(neg.captions, images, captions, keep_cap, hard, random, store.n_captions,
+                      lambda d: neg.is_true(images[:, None], d), temperature, rng)
+    logs = {"pool_dropped": float(1.0 - (keep_img.mean() + keep_cap.mean()) / 2)}
     if neg.oracle:
-        logs["neg_false"] = float((neg.is_true(neg_img, captions[:, None]).mean()
-                                   + neg.is_true(images[:, None], neg_cap).mean()) / 2)
-    return neg_img, neg_cap, logs
+        def false_share(items: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> float:
+            negative = (items >= 0) & ~labels
+            return float((truth & negative).sum() / max(negative.sum(), 1))
+        logs["neg_false"] = (false_share(*t2i, neg.is_true(np.maximum(t2i[0], 0), captions[:, None]))
+                             + false_share(*i2t, neg.is_true(images[:, None], np.maximum(i2t[0], 0)))) / 2
+    return t2i, i2t, logs
 
 
-def list_logits(model: CrossEncoder, store: FeatureStore, captions: np.ndarray, neg_img: np.ndarray,
-                neg_cap: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the two lists of each training pair (caption `captions[b]`, its image).
+def list_logits(model: CrossEncoder, store: FeatureStore, images: np.ndarray, captions: np.ndarray,
+                t2i_items: np.ndarray, i2t_items: np.ndarray,
+                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the two lists of each training pair (caption `captions[b]`, image `images[b]`):
+    t2i (B, W) the caption against `t2i_items` (B, W) images, i2t (B, W') the image against
+    `i2t_items` (B, W') captions; -inf at empty slots (-1). Each distinct item is embedded once."""
+    img_ids, img_rows = np.unique(np.concatenate([images, np.maximum(t2i_items, 0).ravel()]), return_inverse=True)
+    cap_ids, cap_rows = np.unique(np.concatenate([captions, np.maximum(i2t_items, 0).ravel()]), return_inverse=True)
+    img = model.embed_images(store.image_batch(img_ids).to(device))
+    txt = model.embed_texts(store.caption_batch(cap_ids).to(device))
+    b = len(captions)
 
-    Returns (t2i (B, 1+n), i2t (B, 1+n)): column 0 the positive, then the negatives of
-    `neg_img` / `neg_cap` (B, n).
-    """
-    images = np.asarray(store.caption_image)[captions]
-    b, n = len(captions), neg_img.shape[1]
-    img = model.embed_images(store.image_batch(np.concatenate([images, neg_img.ravel()])).to(device))
-    txt = model.embed_texts(store.caption_batch(np.concatenate([captions, neg_cap.ravel()])).to(device))
-    own = torch.arange(b, device=img[0].device)[:, None]                     # (B, 1): the pair's row
-    others = b + torch.arange(b * n, device=own.device).view(b, n)           # (B, n): its negatives' rows
-    lists = torch.cat([own, others], 1).reshape(-1)                          # (B * (1+n),)
-    fixed = own.expand(b, 1 + n).reshape(-1)
+    def score(img_at: np.ndarray, cap_at: np.ndarray, empty: np.ndarray) -> torch.Tensor:
+        i, c = torch.as_tensor(img_at.ravel(), device=img[0].device), torch.as_tensor(cap_at.ravel(), device=img[0].device)
+        s = model.joint(img[0][i], img[1][i], txt[0][c], txt[1][c]).view(empty.shape)
+        return s.masked_fill(torch.as_tensor(empty, device=s.device), float("-inf"))
 
-    def score(img_rows: torch.Tensor, cap_rows: torch.Tensor) -> torch.Tensor:
-        return model.joint(img[0][img_rows], img[1][img_rows], txt[0][cap_rows], txt[1][cap_rows]).view(b, 1 + n)
-    return score(lists, fixed), score(fixed, lists)
+    own_img, listed_img = img_rows[:b], img_rows[b:].reshape(t2i_items.shape)
+    own_cap, listed_cap = cap_rows[:b], cap_rows[b:].reshape(i2t_items.shape)
+    t2i = score(listed_img, np.broadcast_to(own_cap[:, None], t2i_items.shape), t2i_items < 0)
+    i2t = score(np.broadcast_to(own_img[:, None], i2t_items.shape), listed_cap, i2t_items < 0)
+    return t2i, i2t
 
 
-def list_accuracy(logits: torch.Tensor) -> float:
-    """Share of lists (Q, 1+n) whose positive (column 0) scores strictly above every negative."""
-    return float((logits[:, 0] > logits[:, 1:].max(dim=1).values).float().mean())
+def list_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of lists (Q, W) with a negative whose best positive scores strictly above every negative."""
+    negative = ~labels & torch.isfinite(logits)
+    best_pos = logits.masked_fill(~labels, float("-inf")).amax(1)
+    best_neg = logits.masked_fill(~negative, float("-inf")).amax(1)
+    has = negative.any(1)
+    return float((best_pos > best_neg)[has].float().mean()) if has.any() else float("nan")
 
 
 class CrossLoss:
     """loss_fn(cross-encoder, pair batch) -> (loss, logs) for :func:`aladin.training.loop.fit`: the
-    listwise softmax loss (scores / temperature) of both lists of every pair, averaged over the two
-    directions; logs each direction's loss and list accuracy and the cleaning of the negatives."""
+    multi-positive listwise loss (scores / temperature) of both lists of every pair, averaged over
+    the two directions; logs each direction's loss and list accuracy and the cleaning of the lists."""
 
     def __init__(self, store: FeatureStore, negatives: Negatives, hard: int, random: int, temperature: float,
                  margin: float, device: torch.device | str) -> None:
@@ -172,14 +209,18 @@ class CrossLoss:
         self.hard, self.random, self.temperature, self.margin = hard, random, temperature, margin
 
     def __call__(self, model: CrossEncoder, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        # Negatives drawn from torch's RNG, which fit reseeds every epoch: a resumed run redraws the same.
+        # Lists drawn from torch's RNG, which fit reseeds every epoch: a resumed run redraws the same.
         rng = np.random.default_rng(int(torch.randint(2**62, ())))
         captions = batch.caption_index.cpu().numpy()
-        neg_img, neg_cap, logs = draw_negatives(self.negatives, self.store, captions, self.hard, self.random,
-                                                self.temperature, self.margin, rng)
-        t2i, i2t = list_logits(model, self.store, captions, neg_img, neg_cap, self.device)
+        images = np.asarray(self.store.caption_image)[captions]
+        (t2i_items, t2i_labels), (i2t_items, i2t_labels), logs = training_lists(
+            self.negatives, self.store, captions, self.hard, self.random, self.temperature, self.margin, rng)
+        t2i, i2t = list_logits(model, self.store, images, captions, t2i_items, i2t_items, self.device)
+        t2i_labels, i2t_labels = (torch.as_tensor(x, device=t2i.device) for x in (t2i_labels, i2t_labels))
         # The lists' softmax at the sampling's temperature: in teacher units, a residual's teacher
         # term differs by a few hundredths between candidates, which a softmax of raw scores ignores.
-        loss_t2i, loss_i2t = list_softmax_loss(t2i / self.temperature), list_softmax_loss(i2t / self.temperature)
+        loss_t2i = multi_positive_list_loss(t2i / self.temperature, t2i_labels)
+        loss_i2t = multi_positive_list_loss(i2t / self.temperature, i2t_labels)
         return (loss_t2i + loss_i2t) / 2, {"loss_t2i": loss_t2i.item(), "loss_i2t": loss_i2t.item(),
-                                           "acc_t2i": list_accuracy(t2i), "acc_i2t": list_accuracy(i2t), **logs}
+                                           "acc_t2i": list_accuracy(t2i, t2i_labels),
+                                           "acc_i2t": list_accuracy(i2t, i2t_labels), **logs}

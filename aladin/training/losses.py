@@ -119,6 +119,10 @@ def multi_positive_loss(scores: torch.Tensor, truth: torch.Tensor, temperature: 
     return cross_entropy(s[:n], truth[:n], 1) + cross_entropy(s[:, :n], truth[:, :n], 0)
 
 
-def list_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-encoder: mean softmax cross-entropy of candidate lists (Q, 1+n) whose positive is column 0."""
-    return torch.nn.functional.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))
+def multi_positive_list_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Cross-encoder: -log of the softmax mass on the positives of each candidate list, averaged over
+    the lists that hold a negative. logits (Q, W), -inf at empty slots; positive (Q, W) bool."""
+    negative = ~positive & torch.isfinite(logits)
+    per_list = logits.logsumexp(1) - logits.masked_fill(~positive, float("-inf")).logsumexp(1)
+    has = negative.any(1)
+    return per_list[has].sum() / has.sum().clamp_min(1)
