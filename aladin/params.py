@@ -439,7 +439,7 @@ class CrossParams(Training):
     eval_images: int             # reported metrics: fold 0 of val, this many images
     eval_text_queries: int       # sampled captions, each against all eval_images images (0 = all)
     eval_image_queries: int      # sampled images, each against all fold captions (0 = all)
-    eval_batch_size: int         # pairs per transformer pass when scoring
+    eval_batch_size: int         # pairs per fusion batch when scoring
 
     def validate(self) -> None:
         super().validate()

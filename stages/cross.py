@@ -1,16 +1,15 @@
 """Stage `cross`: features/{train,val} -> models/cross.pt + metrics/cross.json (the cross-encoder re-ranker).
 
-One joint transformer per image-text pair (fusion layers over the frozen teacher's token
-encoders), by default a residual on the teacher's score (at step 0 it ranks as the teacher),
-trained for how it is used: listwise in both directions on the lists the student retrieves
-(models/student.pt, its top-`pool`), against clean negatives sampled from the teacher's softmax
-over those lists plus random ones (aladin.training.cross). On the scenes data the caption parser
-removes every negative true of its caption; on real data the same image's captions and the
-negatives the teacher scores near the positive are removed. Model selection scores all pairs of
-the first `select_images` val images each epoch, beside the same on training images; the
-reported metrics score fold 0 of val exhaustively for a fixed query subsample, since every pair
-costs a transformer pass (see aladin.evaluation.cross). With `enabled: false` the stage writes
-its outputs marked as skipped.
+A joint model per image-text pair (by default the grounding fusion over the frozen teacher's
+word-region alignment: aladin.models.cross_encoder), a residual on the teacher's score (at step 0
+it ranks as the teacher), trained for how it is used: listwise in both directions on the lists the
+student retrieves (models/student.pt, its top-`pool`) plus random items, with clean labels
+(aladin.training.cross). On the scenes data every list item the caption parser finds true is a
+positive, never a negative; on real data the same image's captions are the positives and the items
+the teacher scores near the positive are left out. Model selection scores all pairs of the first
+`select_images` val images each epoch, beside the same on training images; the reported metrics
+score fold 0 of val exhaustively for a fixed query subsample, since every pair costs a fusion pass
+(see aladin.evaluation.cross). With `enabled: false` the stage writes its outputs marked as skipped.
 """
 from __future__ import annotations
 

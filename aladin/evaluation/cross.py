@@ -1,6 +1,6 @@
 """Evaluating the cross-encoder: exhaustive scoring of a (sub)protocol, and re-ranking a shortlist.
 
-A cross-encoder needs one transformer pass per (image, caption) pair. The 5K protocol is 125M
+A cross-encoder needs one fusion pass per (image, caption) pair. The 5K protocol is 125M
 pairs and the 1K protocol 5M per fold: neither fits a CPU budget, so the exhaustive evaluation
 scores fold 0 of the 1K protocol (the first 1,000 images and their captions) for a fixed random
 subsample of queries, each against the WHOLE fold: text queries against all 1,000 images,
@@ -77,7 +77,7 @@ def candidate_scores(model: CrossEncoder, store: FeatureStore, query_idx: np.nda
                      batch_size: int = 2048) -> np.ndarray:
     """(Q, k) logits of each query with each of its candidates; -inf for empty slots (-1).
 
-    Each distinct item is projected once, then Q * k transformer passes.
+    Each distinct item is projected once, then Q * k fusion passes.
     """
     query_idx, candidates = np.asarray(query_idx, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
     empty = candidates < 0
@@ -205,7 +205,7 @@ def fold0_summary(model: CrossEncoder, store: FeatureStore, device: torch.device
                   batch_size: int) -> dict[str, Any]:
     """metrics/cross.json's entries beside the selection metrics: fold 0 scored for a query sample."""
     final = exhaustive_metrics(model, store, device, eval_images, text_queries, image_queries, seed, batch_size)
-    sampled = " (fixed random query samples: one transformer pass per pair)" if final["protocol"].endswith("subsample") else ""
+    sampled = " (fixed random query samples: one fusion pass per pair)" if final["protocol"].endswith("subsample") else ""
     return {"val_select_images": select_images, "val_fold0": final,
             "note": (f"val: all pairs of the first {select_images} val images (model selection); "
                      f"val_fold0: fold 0 ({eval_images} images), {int(final['t2i_queries'])} text "

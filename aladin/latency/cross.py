@@ -29,7 +29,7 @@ def text_search_fn(model: CrossEncoder, store: FeatureStore, n_images: int, devi
 
     What a cross-encoder search costs per query, for the latency harness: image tokens are
     projected once beforehand (the only per-item precomputation a cross-encoder allows), then
-    one transformer pass per image. `query` is a store caption id (its stored tokens: the text
+    one fusion pass per image. `query` is a store caption id (its stored tokens: the text
     backbone left out) or a one-caption Batch from aladin.features.text_batch (raw text).
     Puts the model in eval mode.
     """

@@ -1,28 +1,26 @@
-"""The cross-attention baseline: one joint vision-language transformer per image-text pair.
+"""The cross-encoder: a joint model per image-text pair, the cross-attention row ALADIN is measured against.
 
-This is the kind of model ALADIN is measured against (VinVL / Oscar, shrunk to fit a CPU): region
-tokens (region vector + 6-d box) and word tokens, projected from the same frozen features as the
-teacher and student, are concatenated behind a [CLS] token, with a modality (type) embedding, into
-ONE transformer; a linear head on the [CLS] output gives the pair's match logit. Every token sees
-every other, so beyond the input projections nothing can be computed per item: scoring a query
-against N items costs N transformer passes, which is what makes it accurate and slow.
+Beyond the per-item token projections nothing can be computed per item: scoring a query against
+N items costs N fusion passes, which is what makes a cross-encoder slow. Two fusions (``fusion``):
 
-With ``inputs: teacher_tokens`` the fusion layers read the frozen teacher encoders' contextual
-region and word embeddings instead of the raw features (ALBEF / BLIP build their matchers on
-unimodal encoders the same way); the encoders are part of the checkpoint and never trained here.
+- ``transformer`` (VinVL / Oscar, shrunk to fit a CPU): region tokens (region vector + 6-d box)
+  and word tokens, with a modality (type) embedding, are concatenated behind a [CLS] token into ONE
+  transformer; a linear head on the [CLS] output gives the pair's match logit. Every token sees
+  every other, so words attend to regions that carry their box geometry.
+- ``grounding`` (:class:`Grounding`), which learns on a CPU budget. The teacher cannot check a
+  relation ("the orange shape is below the green ball"): MrSw matches every word to its best
+  region on its own. Grounding keeps the teacher's word-to-region attention and adds what MrSw
+  drops: where each word landed. Every word reads the places of the words around it, and a query
+  from its backbone feature (contextual, so "below" knows which phrases it relates) scores them.
 
-With ``residual: true`` the pair's score is the teacher's alignment score plus the fusion head,
-whose last layer starts at zero: at step 0 the model ranks exactly as the teacher, and training
-learns a correction (BLIP ranks by ITM logit + first-stage similarity; a fusion model from random
-weights on a CPU budget stays near chance). The word tokens attend to region tokens that carry
-their box geometry, so a correction can tie an attribute word and its noun to one region.
+With ``inputs: teacher_tokens`` the fusion reads the frozen teacher encoders' contextual region
+and word embeddings instead of the raw features (ALBEF / BLIP build their matchers on unimodal
+encoders the same way); the encoders are part of the checkpoint and never trained here.
 
-Two fusions (``fusion``): ``transformer``, the joint transformer above, and ``grounding``
-(:class:`Grounding`), which learns on a CPU budget. The teacher cannot check a relation ("the
-orange shape is below the green ball"): MrSw matches every word to its best region on its own.
-Grounding keeps the teacher's word-to-region attention and adds what MrSw drops: where each word
-landed. Every word reads the places of the words around it, and a query from its backbone
-feature (contextual, so "below" knows which phrases it relates) scores them.
+With ``residual: true`` the pair's score is the teacher's alignment score plus the fusion's
+logit, which starts at zero (the transformer's head, the grounding queries): at step 0 the model
+ranks exactly as the teacher, and training learns a correction (BLIP ranks by ITM logit +
+first-stage similarity; a fusion model from random weights on a CPU budget stays near chance).
 """
 from __future__ import annotations
 
