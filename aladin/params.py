@@ -433,6 +433,7 @@ class CrossParams(Training):
     pool: int                    # lists: the student's top-`pool` items per query (+ the pair's own item)
     hard_negatives: int          # 0: every wrong item of that list; n: n drawn by the teacher's softmax
     random_negatives: int        # per query and direction, drawn from all wrong items
+    foil_negatives: bool         # scenes: each caption's verified foil, a negative of its image's list
     temperature: float           # of that softmax (ALBEF-style sampling) and of the lists' loss
     margin: float                # real data: list items kept below margin x the positive's teacher score
     select_images: int           # per-epoch selection: all pairs of the first N val images

@@ -14,7 +14,8 @@ from aladin.latency.cross import text_search_fn
 from aladin.models.factory import load_cross
 from aladin.retrieval.index import IndexConfig
 from aladin.retrieval.store_scores import score_store
-from aladin.training.cross import (CrossLoss, build_negatives, list_accuracy, list_logits, softmax_draws,
+from aladin.training.cross import (CrossLoss, FoilTexts, build_negatives, foil_logits, list_accuracy,
+                                   list_logits, softmax_draws,
                                    training_lists)
 from aladin.errors import ConfigError
 from aladin.io import read_json
@@ -23,6 +24,7 @@ from aladin.evaluation.metrics import bootstrap_interval, ranks_t2i, retrieval_m
 from aladin.models.cross_encoder import CrossEncoder, Grounding, box_centres
 from aladin.models.factory import build_model, load_model, save_checkpoint
 from aladin.params import AlignmentConfig, MatchingConfig
+from aladin.features.query import text_batch
 from aladin.store import Batch, StoreWriter, open_split
 from aladin.training.loop import OptimConfig, fit
 
@@ -407,6 +409,57 @@ def test_list_logits_score_each_pair_against_its_list_in_both_directions(tmp_pat
     assert list_accuracy(logits, labels) == pytest.approx(2 / 4)   # ties lose; the best positive counts
 
 
+class FakeTextBackbone:
+    """Texts -> fixed random (L, D_TXT) token features per text, as TextBackbone's two calls give them."""
+
+    def tokenize(self, texts: list[str]) -> list[str]:
+        return texts
+
+    def encode_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = torch.tensor([2 + len(t) % 4 for t in texts])
+        tokens = torch.stack([torch.randn(5, D_TXT, generator=torch.Generator().manual_seed(len(t) * 31 + ord(t[-1])))
+                              for t in texts])
+        return tokens * (torch.arange(5)[None, :, None] < counts[:, None, None]), counts
+
+
+def test_foil_negatives_join_the_image_lists_as_negatives(tmp_path):
+    """Each image list ends with its caption's foil, a negative, scored as that (image, text) pair
+    alone would be; -inf (no item) where a caption has none; the loss is the list loss of the
+    widened lists, exactly."""
+    store = write_store(tmp_path / "train", 6, per_image=2)
+    m = residual_model(seed=2, fusion="grounding")
+    torch.nn.init.normal_(m.grounding.query.weight, generator=torch.Generator().manual_seed(4))
+    foils = FoilTexts([None if c % 3 == 0 else f"foil of caption {c}" for c in range(store.n_captions)],
+                      FakeTextBackbone())
+    assert foils.coverage == pytest.approx(8 / 12)
+    captions = np.array([0, 5, 7, 3])
+    images = store.caption_image[captions]
+    has, batch = foils.batch(captions)
+    assert has.tolist() == [False, True, True, False] and batch.tokens.shape[0] == 2
+    column = foil_logits(m, store, images, has, batch, "cpu")
+    assert column.shape == (4, 1) and torch.isinf(column[~torch.as_tensor(has)]).all()
+    for b in np.flatnonzero(has):                                 # each foil scored alone
+        one = text_batch(FakeTextBackbone(), [foils.texts[captions[b]]])
+        img = m.embed_images(store.image_batch([images[b]]))
+        want = m.joint(*img, *m.embed_texts(one))
+        torch.testing.assert_close(column[b], want, atol=1e-5, rtol=1e-5)
+
+    neg = build_negatives(m.token_encoder, store, random_lists(store, 3), None, "cpu")
+    pairs = store.pair_batch(captions)
+    torch.manual_seed(7)
+    loss, logs = CrossLoss(store, neg, 0, 1, 0.1, 1.0, "cpu", foils)(m, pairs)
+    torch.manual_seed(7)                                          # the same lists, drawn again
+    rng = np.random.default_rng(int(torch.randint(2**62, ())))
+    (t2i_items, t2i_pos), (i2t_items, i2t_pos), _ = training_lists(neg, store, captions, 0, 1, 0.1, 1.0, rng)
+    t2i, i2t = list_logits(m, store, images, captions, t2i_items, i2t_items, "cpu")
+    i2t = torch.cat([i2t, column], 1)
+    i2t_pos = np.concatenate([i2t_pos, np.zeros((4, 1), dtype=bool)], 1)
+    want = (multi_positive_list_loss(t2i / 0.1, torch.as_tensor(t2i_pos))
+            + multi_positive_list_loss(i2t / 0.1, torch.as_tensor(i2t_pos))) / 2
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
+    assert logs["foil_acc"] == float((i2t[has, 0] > column[has, 0]).float().mean())
+
+
 def test_overfits_512_training_pairs(tmp_path):
     """The first check of any matcher: it fits a few hundred pairs almost perfectly (a masking,
     learning-rate or pooling bug would stop it), residual on an untrained teacher."""
@@ -552,3 +605,5 @@ def test_stage_disabled_writes_skipped_outputs(tmp_path, monkeypatch):
 def test_bad_params_name_the_parameter(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="cross.hard_negatives"):
         run_stage_in(tmp_path, monkeypatch, "  enabled: true\n  pool: 2\n  hard_negatives: 3\n")
+    with pytest.raises(ConfigError, match="cross.foil_negatives: true needs verified foils"):   # no scenes here
+        run_stage_in(tmp_path / "real", monkeypatch, "  enabled: true\n  foil_negatives: true\n")

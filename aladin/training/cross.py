@@ -8,7 +8,9 @@ image i) gives the two lists it will see, each scored by the cross-encoder:
 
 Each list also gets `random` uniform draws over all items. With `hard` > 0 its wrong items are
 instead `hard` draws from the softmax of the teacher's scores over the list (ALBEF samples; its
-top is often true). The labels are clean:
+top is often true). With :class:`FoilTexts` (scenes data), image i's list also holds the verified
+foil of caption c: the same words as a true caption, bound wrongly (aladin.data.foils). The labels
+are clean:
 
 - scenes data: an item the caption parser finds true is a positive, never a negative
   (:func:`aladin.data.oracle.oracle_truth`). 23.9% of the teacher's top-16 "negatives" are true of
@@ -29,6 +31,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..data.foils import family_foils
+from ..features.query import text_batch
+from ..features.text import TextBackbone
 from ..models.cross_encoder import CrossEncoder
 from ..retrieval.encode import encode_images, encode_texts
 from ..retrieval.index import exact_topk
@@ -189,6 +194,42 @@ def list_logits(model: CrossEncoder, store: FeatureStore, images: np.ndarray, ca
     return t2i, i2t
 
 
+class FoilTexts:
+    """Each training caption's verified foil (or None), encoded by the text backbone when a batch
+    needs it: a foil is in no feature store. Caption j's foil depends on (seed, j) only."""
+
+    def __init__(self, texts: list[str | None], backbone: TextBackbone) -> None:
+        self.texts, self.backbone = texts, backbone
+
+    @classmethod
+    def for_store(cls, store: FeatureStore, records: list[dict], seed: int, backbone: TextBackbone) -> "FoilTexts":
+        """The foils of every caption of `store`, whose images `records` (scenes.jsonl) describe."""
+        foils = family_foils(store.captions, store.caption_image, records, seed)
+        return cls([None if f is None else f.text for f in foils], backbone)
+
+    @property
+    def coverage(self) -> float:
+        """Share of the captions that have a foil."""
+        return sum(t is not None for t in self.texts) / max(len(self.texts), 1)
+
+    def batch(self, captions: np.ndarray) -> tuple[np.ndarray, Batch | None]:
+        """(B,) bool: caption captions[b] has a foil; the Batch of those foils in order (None if none)."""
+        texts = [self.texts[c] for c in captions]
+        has = np.array([t is not None for t in texts], dtype=bool)
+        return has, text_batch(self.backbone, [t for t in texts if t is not None]) if has.any() else None
+
+
+def foil_logits(model: CrossEncoder, store: FeatureStore, images: np.ndarray, has: np.ndarray, foils: Batch | None,
+                device: torch.device | str) -> torch.Tensor:
+    """(B, 1) logits of image images[b] with its caption's foil; -inf where it has none."""
+    out = torch.full((len(images), 1), float("-inf"), device=device)
+    if foils is not None:
+        img = model.embed_images(store.image_batch(images[has]).to(device))
+        txt = model.embed_texts(foils.to(device))
+        out[torch.as_tensor(has, device=device), 0] = model.joint(img[0], img[1], txt[0], txt[1]).to(out.dtype)
+    return out
+
+
 def list_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of lists (Q, W) with a negative whose best positive scores strictly above every negative."""
     negative = ~labels & torch.isfinite(logits)
@@ -201,11 +242,13 @@ def list_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 class CrossLoss:
     """loss_fn(cross-encoder, pair batch) -> (loss, logs) for :func:`aladin.training.loop.fit`: the
     multi-positive listwise loss (scores / temperature) of both lists of every pair, averaged over
-    the two directions; logs each direction's loss and list accuracy and the cleaning of the lists."""
+    the two directions; logs each direction's loss and list accuracy and the cleaning of the lists.
+    With `foils`, each image list ends with its caption's foil (a negative), and ``foil_acc`` logs
+    the share of pairs whose caption outscores its foil."""
 
     def __init__(self, store: FeatureStore, negatives: Negatives, hard: int, random: int, temperature: float,
-                 margin: float, device: torch.device | str) -> None:
-        self.store, self.negatives, self.device = store, negatives, device
+                 margin: float, device: torch.device | str, foils: FoilTexts | None = None) -> None:
+        self.store, self.negatives, self.device, self.foils = store, negatives, device, foils
         self.hard, self.random, self.temperature, self.margin = hard, random, temperature, margin
 
     def __call__(self, model: CrossEncoder, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -216,6 +259,13 @@ class CrossLoss:
         (t2i_items, t2i_labels), (i2t_items, i2t_labels), logs = training_lists(
             self.negatives, self.store, captions, self.hard, self.random, self.temperature, self.margin, rng)
         t2i, i2t = list_logits(model, self.store, images, captions, t2i_items, i2t_items, self.device)
+        if self.foils is not None:
+            has, foils = self.foils.batch(captions)
+            foil = foil_logits(model, self.store, images, has, foils, i2t.device)
+            i2t = torch.cat([i2t, foil], 1)
+            i2t_labels = np.concatenate([i2t_labels, np.zeros((len(captions), 1), dtype=bool)], 1)
+            # Column 0 is the pair's own caption; nan only for a batch without foils (every rank logs it).
+            logs["foil_acc"] = float((i2t[has, 0] > foil[has, 0]).float().mean()) if has.any() else float("nan")
         t2i_labels, i2t_labels = (torch.as_tensor(x, device=t2i.device) for x in (t2i_labels, i2t_labels))
         # The lists' softmax at the sampling's temperature: in teacher units, a residual's teacher
         # term differs by a few hundredths between candidates, which a softmax of raw scores ignores.
