@@ -1,13 +1,13 @@
 """The cross-encoder's training-seed spread, the rest of the pipeline fixed (teacher, student, data).
 
-    python benchmarks/cross_seeds.py --seeds 1 2      # in a scratch clone with cross.enabled: true
+    python benchmarks/cross_seeds.py --seeds 1 2      # in a scratch clone, after `dvc repro`
     python benchmarks/cross_seeds.py --seeds 0 --set cross.model.residual=false   # the pure fusion
 
 For each seed it runs the `cross` and `evaluate` stages outside DVC with `seed` (and any `--set`
 key) set in params.yaml (the seed fixes the cross-encoder's init, batch order and list draws; the
 teacher and the student stay those of the checkout), and prints the re-ranking row of
 metrics/eval.json beside the teacher re-ranking the same lists, and the exhaustive row (fold 0,
-sampled queries) with its interval. It overwrites models/cross.pt, metrics/ and params.yaml
+sampled queries: the sample follows the seed too) with its interval. It overwrites models/cross.pt, metrics/ and params.yaml
 (restored at the end): run it in a clone you can throw away.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from aladin.latency.cross import text_search_fn
 from aladin.models.factory import load_cross
 from aladin.retrieval.index import IndexConfig
 from aladin.retrieval.store_scores import score_store
-from aladin.training.cross import (CrossLoss, FoilTexts, build_negatives, foil_logits, list_accuracy,
+from aladin.training.cross import (CrossLoss, FoilTexts, build_negatives, list_accuracy,
                                    list_logits, softmax_draws,
                                    training_lists)
 from aladin.errors import ConfigError
@@ -436,7 +436,8 @@ def test_foil_negatives_join_the_image_lists_as_negatives(tmp_path):
     images = store.caption_image[captions]
     has, batch = foils.batch(captions)
     assert has.tolist() == [False, True, True, False] and batch.tokens.shape[0] == 2
-    column = foil_logits(m, store, images, has, batch, "cpu")
+    _, with_foils = list_logits(m, store, images, captions, images[:, None], captions[:, None], "cpu", (has, batch))
+    column = with_foils[:, -1:]
     assert column.shape == (4, 1) and torch.isinf(column[~torch.as_tensor(has)]).all()
     for b in np.flatnonzero(has):                                 # each foil scored alone
         one = text_batch(FakeTextBackbone(), [foils.texts[captions[b]]])
@@ -452,7 +453,7 @@ def test_foil_negatives_join_the_image_lists_as_negatives(tmp_path):
     rng = np.random.default_rng(int(torch.randint(2**62, ())))
     (t2i_items, t2i_pos), (i2t_items, i2t_pos), _ = training_lists(neg, store, captions, 0, 1, 0.1, 1.0, rng)
     t2i, i2t = list_logits(m, store, images, captions, t2i_items, i2t_items, "cpu")
-    i2t = torch.cat([i2t, column], 1)
+    i2t = torch.cat([i2t, column], 1)                             # the foil column as scored above
     i2t_pos = np.concatenate([i2t_pos, np.zeros((4, 1), dtype=bool)], 1)
     want = (multi_positive_list_loss(t2i / 0.1, torch.as_tensor(t2i_pos))
             + multi_positive_list_loss(i2t / 0.1, torch.as_tensor(i2t_pos))) / 2

@@ -171,11 +171,14 @@ def training_lists(neg: Negatives, store: FeatureStore, captions: np.ndarray, ha
 
 
 def list_logits(model: CrossEncoder, store: FeatureStore, images: np.ndarray, captions: np.ndarray,
-                t2i_items: np.ndarray, i2t_items: np.ndarray,
-                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+                t2i_items: np.ndarray, i2t_items: np.ndarray, device: torch.device | str,
+                foils: tuple[np.ndarray, Batch | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the two lists of each training pair (caption `captions[b]`, image `images[b]`):
     t2i (B, W) the caption against `t2i_items` (B, W) images, i2t (B, W') the image against
-    `i2t_items` (B, W') captions; -inf at empty slots (-1). Each distinct item is embedded once."""
+    `i2t_items` (B, W') captions; -inf at empty slots (-1). Each distinct item is embedded once.
+    With `foils` = (has (B,) bool, the Batch of those foils in order, as :meth:`FoilTexts.batch`
+    gives them), i2t gains a last column: image images[b] against its caption's foil, -inf where
+    it has none."""
     img_ids, img_rows = np.unique(np.concatenate([images, np.maximum(t2i_items, 0).ravel()]), return_inverse=True)
     cap_ids, cap_rows = np.unique(np.concatenate([captions, np.maximum(i2t_items, 0).ravel()]), return_inverse=True)
     img = model.embed_images(store.image_batch(img_ids).to(device))
@@ -191,6 +194,13 @@ def list_logits(model: CrossEncoder, store: FeatureStore, images: np.ndarray, ca
     own_cap, listed_cap = cap_rows[:b], cap_rows[b:].reshape(i2t_items.shape)
     t2i = score(listed_img, np.broadcast_to(own_cap[:, None], t2i_items.shape), t2i_items < 0)
     i2t = score(np.broadcast_to(own_img[:, None], i2t_items.shape), listed_cap, i2t_items < 0)
+    if foils is not None:
+        has, batch = foils
+        column = torch.full((b, 1), float("-inf"), device=i2t.device, dtype=i2t.dtype)
+        if batch is not None:                            # the pair's image, already embedded, with the foil
+            rows, foil = torch.as_tensor(own_img[has], device=img[0].device), model.embed_texts(batch.to(device))
+            column[torch.as_tensor(has, device=i2t.device), 0] = model.joint(img[0][rows], img[1][rows], *foil).to(i2t.dtype)
+        i2t = torch.cat([i2t, column], 1)
     return t2i, i2t
 
 
@@ -217,17 +227,6 @@ class FoilTexts:
         texts = [self.texts[c] for c in captions]
         has = np.array([t is not None for t in texts], dtype=bool)
         return has, text_batch(self.backbone, [t for t in texts if t is not None]) if has.any() else None
-
-
-def foil_logits(model: CrossEncoder, store: FeatureStore, images: np.ndarray, has: np.ndarray, foils: Batch | None,
-                device: torch.device | str) -> torch.Tensor:
-    """(B, 1) logits of image images[b] with its caption's foil; -inf where it has none."""
-    out = torch.full((len(images), 1), float("-inf"), device=device)
-    if foils is not None:
-        img = model.embed_images(store.image_batch(images[has]).to(device))
-        txt = model.embed_texts(foils.to(device))
-        out[torch.as_tensor(has, device=device), 0] = model.joint(img[0], img[1], txt[0], txt[1]).to(out.dtype)
-    return out
 
 
 def list_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -258,14 +257,13 @@ class CrossLoss:
         images = np.asarray(self.store.caption_image)[captions]
         (t2i_items, t2i_labels), (i2t_items, i2t_labels), logs = training_lists(
             self.negatives, self.store, captions, self.hard, self.random, self.temperature, self.margin, rng)
-        t2i, i2t = list_logits(model, self.store, images, captions, t2i_items, i2t_items, self.device)
-        if self.foils is not None:
-            has, foils = self.foils.batch(captions)
-            foil = foil_logits(model, self.store, images, has, foils, i2t.device)
-            i2t = torch.cat([i2t, foil], 1)
+        foils = None if self.foils is None else self.foils.batch(captions)
+        t2i, i2t = list_logits(model, self.store, images, captions, t2i_items, i2t_items, self.device, foils)
+        if foils is not None:
+            has = foils[0]
             i2t_labels = np.concatenate([i2t_labels, np.zeros((len(captions), 1), dtype=bool)], 1)
             # Column 0 is the pair's own caption; nan only for a batch without foils (every rank logs it).
-            logs["foil_acc"] = float((i2t[has, 0] > foil[has, 0]).float().mean()) if has.any() else float("nan")
+            logs["foil_acc"] = float((i2t[has, 0] > i2t[has, -1]).float().mean()) if has.any() else float("nan")
         t2i_labels, i2t_labels = (torch.as_tensor(x, device=t2i.device) for x in (t2i_labels, i2t_labels))
         # The lists' softmax at the sampling's temperature: in teacher units, a residual's teacher
         # term differs by a few hundredths between candidates, which a softmax of raw scores ignores.
